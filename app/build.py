@@ -1,0 +1,120 @@
+"""Turn the composed config into objects, generically through `hydra.utils.instantiate`.
+
+Mistakes a user can make in a `_target_`'s arguments surface here; they are re-raised as
+`ConfigError` naming the group, so the app prints one paragraph instead of a traceback.
+"""
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from app.callbacks import Callback, Checkpoint, CSVLogger, EarlyStopping, ProgressLogger
+from app.config import ConfigError
+from app.data import DataError, DataSplits, TensorBatches
+
+# Keys of a scheduler's config that the trainer reads and the scheduler class must not see.
+SCHEDULER_TRAINER_KEYS = ("interval",)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device) for this run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost message of an instantiation error, without Hydra's wrapping."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+@contextmanager
+def building(group: str, node: DictConfig) -> Iterator[None]:
+    """Turn an error raised while building `group` into a ConfigError about that group."""
+    try:
+        yield
+    except (ConfigError, DataError):
+        raise
+    except (InstantiationException, TypeError, ValueError, ImportError, AttributeError) as error:
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        raise ConfigError(
+            f"{group}._target_", target, f"{group} settings that {target} accepts",
+            f"Building the {group} failed: {_reason(error)}",
+        ) from None
+
+
+def build_data(cfg: DictConfig) -> DataSplits:
+    with building("data", cfg.data):
+        data = instantiate(cfg.data)
+    if not isinstance(data, DataSplits):
+        raise ConfigError("data._target_", cfg.data._target_, "a function returning app.data.DataSplits")
+    return data
+
+
+def build_model(cfg: DictConfig, data: DataSplits) -> torch.nn.Module:
+    with building("model", cfg.model):
+        return instantiate(cfg.model, in_features=data.in_features, out_features=data.out_features)
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    with building("optimizer", cfg.optimizer):
+        return instantiate(cfg.optimizer)(model.parameters())
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> tuple[Any, str]:
+    """The scheduler (or None) and when to step it: "epoch" or "step"."""
+    if cfg.scheduler is None:
+        return None, "epoch"
+    node = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    for key in SCHEDULER_TRAINER_KEYS:
+        node.pop(key)
+    with building("scheduler", cfg.scheduler):
+        return instantiate(node)(optimizer), cfg.scheduler.interval
+
+
+def build_batches(
+    data: DataSplits, cfg: DictConfig, device: torch.device
+) -> tuple[TensorBatches, TensorBatches, TensorBatches | None]:
+    """Train (shuffled, seeded from `seed`), validation and test batch iterators."""
+    t = cfg.trainer
+    eval_bs = t.eval_batch_size or 4 * t.batch_size
+    common = dict(device=device, on_device=t.data_on_device, pin_memory=device.type == "cuda")
+    train = TensorBatches(data.train, t.batch_size, shuffle=True, seed=cfg.seed, **common)
+    val = TensorBatches(data.val, eval_bs, shuffle=False, **common)
+    test = TensorBatches(data.test, eval_bs, shuffle=False, **common) if data.test is not None else None
+    return train, val, test
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, run_name: str, group: str | None) -> list[Callback]:
+    """Early stopping, checkpoints, metrics.csv, progress, and the configured logger."""
+    t = cfg.trainer
+    callbacks: list[Callback] = []
+    es = cfg.early_stopping
+    if es.enabled:
+        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
+    callbacks += [
+        Checkpoint(run_dir / "checkpoints", every=t.checkpoint_every),
+        CSVLogger(run_dir / "metrics.csv"),
+        ProgressLogger(t.log_every, t.progress_bar),
+    ]
+    if cfg.logger is not None:
+        with building("logger", cfg.logger):
+            logger = instantiate(
+                cfg.logger,
+                dir=str(run_dir),
+                name=cfg.logger.get("name") or run_name,
+                group=cfg.logger.get("group") or group,
+            )
+        logger.run_config = OmegaConf.to_container(cfg, resolve=True)
+        callbacks.append(logger)
+    return callbacks

@@ -1,0 +1,18 @@
+"""Behaviour that plugs into the Trainer through hooks (see `Callback`)."""
+from app.callbacks.base import Callback, improves
+from app.callbacks.checkpoint import Checkpoint, atomic_save
+from app.callbacks.csv_logger import CSVLogger
+from app.callbacks.early_stopping import EarlyStopping
+from app.callbacks.progress import ProgressLogger
+from app.callbacks.wandb_logger import WandbLogger
+
+__all__ = [
+    "Callback",
+    "Checkpoint",
+    "CSVLogger",
+    "EarlyStopping",
+    "ProgressLogger",
+    "WandbLogger",
+    "atomic_save",
+    "improves",
+]

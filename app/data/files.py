@@ -1,0 +1,360 @@
+"""Tabular data from a user's file (.csv with a header row, or .npz), as `DataSplits`.
+
+Every user mistake becomes a `DataError` naming the config key, the offending value and what is
+accepted, so the app can print one paragraph instead of a traceback.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.data.base import (
+    TASKS,
+    DataError,
+    DataSplits,
+    is_int,
+    make_splits,
+    min_samples,
+    sizes_ok,
+    validate_fractions,
+)
+
+SUFFIXES = (".csv", ".npz")
+_MAX_LISTED_COLUMNS = 30  # enough to spot a typo without flooding the message
+
+
+@dataclass
+class _Table:
+    """Raw columns of one file.
+
+    columns: name -> array of n rows (CSV: 1-D str; npz: 1-D, or 2-D [n, k] for k columns).
+    line_numbers: CSV file line of each data row (for error messages); None for npz.
+    """
+
+    given: Any  # the path as the user wrote it, shown as the value in errors
+    path: Path  # resolved, absolute
+    columns: dict[str, np.ndarray]
+    line_numbers: list[int] | None
+
+    def where(self, row: int) -> str:
+        """Human description of data row `row` (0-based), e.g. 'row 3 (line 4 of the file)'."""
+        if self.line_numbers is None:
+            return f"index {row}"
+        return f"row {row + 1} (line {self.line_numbers[row]} of the file)"
+
+    def available(self) -> str:
+        """Comma-separated column names, shortened if there are many."""
+        names = list(self.columns)
+        shown = ", ".join(names[:_MAX_LISTED_COLUMNS])
+        if len(names) > _MAX_LISTED_COLUMNS:
+            shown += f", ... ({len(names) - _MAX_LISTED_COLUMNS} more)"
+        return shown
+
+
+def load_table(
+    path: str,
+    features: list[str],
+    target: str | list[str],
+    task: str = "regression",
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> DataSplits:
+    """Load named columns of a .csv/.npz file and split them with `split_indices`.
+
+    x: float32 [n, in_features] from `features` (a 2-D npz array counts as its k columns).
+    y (regression): float32 [n, out_features] from `target` (one name or a list of names).
+    y (classification): int64 [n], the single `target` column's values (integers or strings)
+    mapped to 0..K-1 in sorted order; out_features = K.
+    Relative paths resolve against the directory the app was launched from, not Hydra's run dir.
+    """
+    if task not in TASKS:
+        raise DataError("data.task", task, "Unknown task", " | ".join(TASKS))
+    validate_fractions(val_fraction, test_fraction)
+    if not is_int(seed):
+        raise DataError("data.seed", seed, "The data seed must be an integer", "an integer")
+    feature_names = _column_names("data.features", features)
+    target_names = _column_names("data.target", target)
+    if task == "classification" and len(target_names) != 1:
+        raise DataError("data.target", target, "Classification needs exactly one target column",
+                        "a single column name holding integer or string class labels")
+    overlap = [name for name in target_names if name in feature_names]
+    if overlap:
+        raise DataError("data.target", target,
+                        f"Column(s) {', '.join(overlap)} are also listed in data.features, which "
+                        "would hand the model its own answer",
+                        "target columns that are not features")
+
+    table = _read(path)
+    _check_columns(table, "data.features", features, feature_names)
+    _check_columns(table, "data.target", target, target_names)
+    n = _common_length(table, feature_names + target_names)
+    if not sizes_ok(n, val_fraction, test_fraction):
+        need = min_samples(val_fraction, test_fraction)
+        raise DataError("data.path", path,
+                        f"{table.path} has {n} data rows, too few to give every split a sample",
+                        f"a file with at least {need} rows for val_fraction={val_fraction}, "
+                        f"test_fraction={test_fraction}")
+
+    x = _numeric_matrix(table, "data.features", feature_names)
+    if task == "regression":
+        y = torch.from_numpy(_numeric_matrix(table, "data.target", target_names)).float()
+        out_features = y.shape[1]
+    else:
+        y, out_features = _class_labels(table, target_names[0])
+    return make_splits(
+        task, torch.from_numpy(x).float(), y, out_features, val_fraction, test_fraction, seed
+    )
+
+
+# ----------------------------------------------------------------------------- arguments
+def _column_names(key: str, value: Any) -> list[str]:
+    """Normalize one name or a sequence of names to a non-empty list of unique strings."""
+    accepted = "a column name or a non-empty list of column names"
+    items = [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+        raise DataError(key, value, "Expected column names", accepted)
+    if len(items) == 0:
+        raise DataError(key, value, "The list of columns is empty", accepted)
+    names = []
+    for item in items:
+        # Hydra parses `[0,1]` on the command line as ints; CSV headers like "0" are strings.
+        if isinstance(item, bool) or not isinstance(item, str | int) or str(item).strip() == "":
+            raise DataError(key, value, f"{item!r} is not a column name", accepted)
+        names.append(str(item).strip())
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DataError(key, value, f"Column(s) listed twice: {', '.join(duplicates)}",
+                        "each column at most once")
+    return names
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """Absolute path of `path`; relative ones are taken from the original launch directory.
+
+    Hydra changes the working directory for a run, so the original cwd comes from Hydra when it
+    is initialized; in plain Python (tests, notebooks) it is the current directory.
+    """
+    expanded = os.path.expanduser(os.fspath(path))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import to_absolute_path
+
+        if HydraConfig.initialized():
+            return Path(to_absolute_path(expanded))
+    except Exception:  # Hydra missing or half-initialized: fall back to the plain cwd.
+        pass
+    return Path(expanded).absolute()
+
+
+# ----------------------------------------------------------------------------- reading
+def _read(path: Any) -> _Table:
+    """Resolve, check and read `path` into raw columns."""
+    if not isinstance(path, str | os.PathLike) or os.fspath(path) == "":
+        raise DataError("data.path", path, "Expected a file path", "a path to a .csv or .npz file")
+    resolved = resolve_path(path)
+    suffix = resolved.suffix.lower()
+    if suffix not in SUFFIXES:
+        shown = repr(suffix) if suffix else "(no suffix)"
+        raise DataError("data.path", path, f"Unsupported file type {shown}",
+                        ", ".join(SUFFIXES))
+    if not resolved.exists():
+        raise DataError("data.path", path, f"No such file: {resolved}",
+                        "an existing .csv or .npz file (relative paths are taken from the "
+                        "directory the app was launched in)")
+    if not resolved.is_file():
+        raise DataError("data.path", path, f"{resolved} is not a regular file",
+                        "a path to a .csv or .npz file")
+    return _read_csv(path, resolved) if suffix == ".csv" else _read_npz(path, resolved)
+
+
+def _read_csv(path: Any, resolved: Path) -> _Table:
+    """Columns of a comma-separated file with one header row; values kept as strings."""
+    accepted = "a comma-separated UTF-8 file with a header row of column names"
+    try:
+        with open(resolved, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next((row for row in reader if row), None)
+            if header is None:
+                raise DataError("data.path", path, f"{resolved} is empty", accepted)
+            names = [name.strip() for name in header]
+            _check_header(path, resolved, names, accepted)
+            rows, line_numbers = [], []
+            for row in reader:
+                if not row or all(not field.strip() for field in row):
+                    continue  # blank lines, e.g. a trailing newline, are not data rows
+                if len(row) != len(names):
+                    raise DataError(
+                        "data.path", path,
+                        f"Line {reader.line_num} of {resolved} has {len(row)} fields but the "
+                        f"header has {len(names)}", accepted,
+                    )
+                rows.append(row)
+                line_numbers.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error, OSError) as err:
+        raise DataError("data.path", path, f"Could not read {resolved} as CSV ({err})",
+                        accepted) from None
+    columns = {
+        name: np.array([row[j] for row in rows], dtype=str) for j, name in enumerate(names)
+    }
+    return _Table(path, resolved, columns, line_numbers)
+
+
+def _check_header(path: Any, resolved: Path, names: list[str], accepted: str) -> None:
+    """Header names must be non-empty and unique."""
+    if any(name == "" for name in names):
+        raise DataError("data.path", path, f"The header of {resolved} has an empty column name",
+                        accepted)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DataError("data.path", path,
+                        f"The header of {resolved} repeats column(s) {', '.join(duplicates)}",
+                        accepted)
+
+
+def _read_npz(path: Any, resolved: Path) -> _Table:
+    """Arrays of an .npz archive, one per key (pickled object arrays are refused)."""
+    accepted = "an .npz file (numpy.savez) of numeric or string arrays, one per column name"
+    try:
+        with np.load(resolved, allow_pickle=False) as archive:
+            columns = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError("data.path", path, f"Could not read {resolved} as .npz ({err})",
+                        accepted) from None
+    if not columns:
+        raise DataError("data.path", path, f"{resolved} holds no arrays", accepted)
+    return _Table(path, resolved, columns, None)
+
+
+# ----------------------------------------------------------------------------- columns
+def _check_columns(table: _Table, key: str, value: Any, names: list[str]) -> None:
+    """Every requested name must be a column of the file."""
+    missing = [name for name in names if name not in table.columns]
+    if missing:
+        raise DataError(key, value,
+                        f"Column(s) {', '.join(map(repr, missing))} not found in {table.path}",
+                        f"column names in the file: {table.available()}")
+
+
+def _common_length(table: _Table, names: list[str]) -> int:
+    """Number of rows shared by the used columns (npz arrays must agree; 1-D or 2-D only)."""
+    lengths = {}
+    for name in names:
+        array = table.columns[name]
+        if array.ndim not in (1, 2):
+            raise DataError("data.path", table.given,
+                            f"Array {name!r} has shape {array.shape}",
+                            "1-D arrays [n], or 2-D arrays [n, k] used as k columns")
+        lengths[name] = array.shape[0]
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name}: {length}" for name, length in lengths.items())
+        raise DataError("data.path", table.given,
+                        f"The columns have different lengths ({shown})",
+                        "arrays with the same number of rows")
+    return next(iter(lengths.values()))
+
+
+def _numeric_matrix(table: _Table, key: str, names: list[str]) -> np.ndarray:
+    """float64 [n, k]: the named columns side by side (a 2-D column contributes its k columns)."""
+    blocks = []
+    for name in names:
+        array = _to_float(table, key, name, table.columns[name])
+        blocks.append(array.reshape(array.shape[0], -1))
+    return np.concatenate(blocks, axis=1)
+
+
+def _to_float(table: _Table, key: str, name: str, array: np.ndarray) -> np.ndarray:
+    """float64 copy of one column, refusing non-numeric and non-finite values."""
+    accepted = "numeric values (finite numbers, no NaN, inf or empty cells)"
+    if array.dtype.kind in "biuf":
+        values = array.astype(np.float64)
+    elif array.dtype.kind in "US":
+        strings = array.astype(str)
+        try:
+            values = strings.astype(np.float64)
+        except ValueError:
+            row = _first_unparsable(strings)
+            raise DataError(key, name,
+                            f"Column {name!r} has non-numeric value {str(strings.flat[row])!r} at "
+                            f"{table.where(row // _width(strings))} of {table.path}",
+                            accepted) from None
+    else:
+        raise DataError(key, name, f"Column {name!r} has unsupported dtype {array.dtype}",
+                        accepted)
+    finite = np.isfinite(values)
+    if not finite.all():
+        flat = int(np.argmin(finite.reshape(-1)))
+        raise DataError(key, name,
+                        f"Column {name!r} has value {values.flat[flat]} at "
+                        f"{table.where(flat // _width(values))} of {table.path}", accepted)
+    return values
+
+
+def _width(array: np.ndarray) -> int:
+    """Columns per row of a 1-D or 2-D array (to turn a flat index into a row)."""
+    return 1 if array.ndim == 1 else array.shape[1]
+
+
+def _first_unparsable(strings: np.ndarray) -> int:
+    """Flat index of the first string that float() rejects."""
+    for index, text in enumerate(strings.reshape(-1)):
+        try:
+            float(text)
+        except ValueError:
+            return index
+    raise AssertionError("numpy refused a column that float() accepts")
+
+
+def _class_labels(table: _Table, name: str) -> tuple[torch.Tensor, int]:
+    """int64 [n] class indices 0..K-1 (sorted unique labels) and K, from one target column.
+
+    Integer-valued numbers sort numerically; any other text is treated as string labels.
+    """
+    accepted = "one column of integer or string class labels with at least 2 distinct values"
+    array = table.columns[name]
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise DataError("data.target", name,
+                        f"Column {name!r} has shape {array.shape}, not one label per row",
+                        accepted)
+    if array.dtype.kind in "US":
+        labels = np.char.strip(array.astype(str))
+        try:
+            numbers = labels.astype(np.float64)
+        except ValueError:
+            numbers = None  # genuine string labels
+    elif array.dtype.kind in "biuf":
+        labels, numbers = None, array.astype(np.float64)
+    else:
+        raise DataError("data.target", name, f"Column {name!r} has unsupported dtype "
+                        f"{array.dtype}", accepted)
+
+    if numbers is not None:
+        bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError("data.target", name,
+                            f"Column {name!r} has non-integer label {numbers[row]} at "
+                            f"{table.where(row)} of {table.path}", accepted)
+        classes, codes = np.unique(numbers, return_inverse=True)
+    else:
+        empty = labels == ""
+        if empty.any():
+            row = int(np.argmax(empty))
+            raise DataError("data.target", name,
+                            f"Column {name!r} has an empty label at {table.where(row)} of "
+                            f"{table.path}", accepted)
+        classes, codes = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError("data.target", name,
+                        f"Column {name!r} holds a single class ({classes[0].item()!r})", accepted)
+    return torch.from_numpy(codes.reshape(-1).astype(np.int64)), int(len(classes))

@@ -1,0 +1,109 @@
+"""Sweep bookkeeping: a summary table of every job in a sweep directory.
+
+`SweepSummary` is a Hydra callback (configured under `hydra.callbacks` in conf/config.yaml):
+it creates the sweep directory before the sweeper starts (so an Optuna SQLite storage can live
+in it) and rewrites `sweep_summary.csv` after each job and at the end of the sweep, from what
+the jobs' run directories say, so the table is right whatever the launcher or a job's fate.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from app.records import read_json
+
+log = logging.getLogger(__name__)
+SUMMARY_FILE = "sweep_summary.csv"
+COLUMNS = ["job", "overrides", "status", "objective", "best_epoch", "epochs_run", "wall_time_s", "run_dir"]
+
+
+def _job_number(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (math.inf, path.name)  # type: ignore[return-value]
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per job directory under `sweep_dir` (each has `.hydra/overrides.yaml`)."""
+    rows = []
+    jobs = sorted((p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/overrides.yaml")), key=_job_number)
+    for job in jobs:
+        overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+        summary_path = job / "summary.json"
+        summary = read_json(summary_path) if summary_path.exists() else {"status": "running"}
+        rows.append({
+            "job": job.name,
+            "overrides": " ".join(str(o) for o in overrides),
+            "status": summary.get("status"),
+            "objective": summary.get("objective"),
+            "best_epoch": summary.get("best_epoch"),
+            "epochs_run": summary.get("epochs_run"),
+            "wall_time_s": summary.get("wall_time_s"),
+            "run_dir": str(job),
+        })
+    return rows
+
+
+def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Rewrite `<sweep_dir>/sweep_summary.csv` atomically; return its rows."""
+    rows = collect(sweep_dir)
+    path = Path(sweep_dir) / SUMMARY_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    os.replace(tmp, path)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A plain-text table for the terminal."""
+    columns = columns or ["job", "status", "objective", "epochs_run", "overrides"]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def refresh_summary() -> None:
+    """In a multirun job, rewrite the sweep's summary (used when a job ends abnormally)."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        write_summary(hydra_cfg.sweep.dir)
+
+
+class SweepSummary(Callback):
+    """Hydra callback keeping `sweep_summary.csv` up to date (see module docstring)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN:
+            write_summary(config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir)
+        if rows:
+            log.info("Sweep summary (%s):\n%s", sweep_dir / SUMMARY_FILE, format_table(rows))

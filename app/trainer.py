@@ -1,0 +1,197 @@
+"""The training loop: plain PyTorch, readable top to bottom.
+
+`Trainer.fit(train, val)` runs epochs of (forward, loss, zero_grad, backward, step), validates
+under `torch.no_grad()` in eval mode, tracks the monitored metric, steps the scheduler, and
+stops on non-finite losses. Everything else (early stopping, checkpoints, logging, pruning)
+plugs in through `app.callbacks.Callback` hooks; the loop does not know them.
+
+Losses and metrics accumulate as sums on the device and are read back once per epoch, so the
+loop never forces a host-device synchronisation per step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from app.callbacks.base import Callback, improves
+from app.tasks import Task
+
+Batches = Iterable[tuple[Tensor, Tensor]]  # also needs a `num_samples` attribute
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns. `stop_reason`: completed | early_stopped | diverged | pruned."""
+
+    monitor: str
+    mode: str
+    best: float | None  # best monitored value seen (None if never measured)
+    best_epoch: int | None
+    last: float | None  # the monitored value at the last epoch that measured it
+    epochs_run: int
+    stop_reason: str
+    message: str = ""
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains `model` with `optimizer` on `loss_fn`; see module docstring.
+
+    Args:
+        task: the loss and the metrics (sums over the batch) to report.
+        scheduler: optional LR scheduler; `ReduceLROnPlateau` is stepped with the monitored
+            metric after each validation, the others without arguments.
+        scheduler_interval: "epoch" (after each epoch) or "step" (after each optimizer step).
+        val_every: validate every N epochs (and always after the last epoch).
+        monitor, mode: the metric that defines "best" (e.g. val_loss, min).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        task: Task,
+        *,
+        device: torch.device,
+        epochs: int,
+        scheduler: Any = None,
+        scheduler_interval: str = "epoch",
+        val_every: int = 1,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.task = task
+        self.device = device
+        self.epochs = epochs
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.val_every = val_every
+        self.monitor = monitor
+        self.mode = mode
+        self.callbacks = list(callbacks)
+        self.metric_names = task.metric_names()
+        self._plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        # Loop state, visible to callbacks.
+        self.epoch = 0  # epochs completed
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.improved = False  # whether the epoch that just ended set a new best
+        self.should_stop = False
+        self.stop_reason = "completed"
+        self.stop_message = ""
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ control from callbacks
+    def request_stop(self, reason: str, message: str = "") -> None:
+        """Ask the loop to stop after the current epoch (callbacks call this)."""
+        if not self.should_stop:
+            self.should_stop, self.stop_reason, self.stop_message = True, reason, message
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, train: Batches, val: Batches | None) -> FitResult:
+        """Train for the remaining epochs; return the monitored metric's best and last values."""
+        self.model.to(self.device)
+        self._emit("on_fit_start")
+        last_value: float | None = None
+        while self.epoch < self.epochs and not self.should_stop:
+            epoch = self.epoch + 1
+            started = time.perf_counter()
+            train_sums = self._train_epoch(train)
+            validate = val is not None and (epoch % self.val_every == 0 or epoch == self.epochs)
+            sums = [train_sums]
+            if validate:
+                sums.append(self._eval_sums(val))
+            # The one host read of the epoch.
+            values = torch.cat(sums).tolist()
+            metrics: dict[str, float] = {"epoch": epoch, "train_loss": values[0] / train.num_samples}
+            if validate:
+                names = ["val_loss", *(f"val_{name}" for name in self.task.metrics)]
+                metrics.update(
+                    {name: v / val.num_samples for name, v in zip(names, values[1:])}
+                )
+            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            metrics["epoch_time"] = time.perf_counter() - started
+            self.epoch = epoch
+
+            self.improved = False
+            value = metrics.get(self.monitor)
+            if value is not None:
+                last_value = value
+                if improves(value, self.best, self.mode):
+                    self.best, self.best_epoch, self.improved = value, epoch, True
+
+            losses = [metrics[k] for k in ("train_loss", "val_loss") if k in metrics]
+            if not all(math.isfinite(v) for v in losses):
+                self.request_stop(
+                    "diverged",
+                    f"non-finite loss at epoch {epoch} "
+                    f"({', '.join(f'{k}={metrics[k]}' for k in ('train_loss', 'val_loss') if k in metrics)}): "
+                    "training stopped; lower optimizer.lr or add trainer.grad_clip",
+                )
+
+            self.history.append(metrics)
+            self._emit("on_epoch_end", metrics)
+            if not self.should_stop and self.scheduler is not None and self.scheduler_interval == "epoch":
+                if not self._plateau:
+                    self.scheduler.step()
+                elif value is not None:
+                    self.scheduler.step(value)
+
+        result = FitResult(
+            monitor=self.monitor,
+            mode=self.mode,
+            best=self.best,
+            best_epoch=self.best_epoch,
+            last=last_value,
+            epochs_run=self.epoch,
+            stop_reason=self.stop_reason,
+            message=self.stop_message,
+            last_metrics=self.history[-1] if self.history else {},
+        )
+        self._emit("on_fit_end", result)
+        return result
+
+    def _train_epoch(self, batches: Batches) -> Tensor:
+        """One pass over `batches`, updating the model. Returns [loss_sum] on the device."""
+        self.model.train()
+        loss_sum = torch.zeros(1, device=self.device)
+        step_scheduler = self.scheduler is not None and self.scheduler_interval == "step"
+        for x, y in batches:
+            loss = self.task.loss(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if step_scheduler:
+                self.scheduler.step()
+            loss_sum += loss.detach() * y.shape[0]
+        return loss_sum
+
+    @torch.no_grad()
+    def _eval_sums(self, batches: Batches) -> Tensor:
+        """[loss_sum, metric_sums...] over `batches`, in eval mode, on the device."""
+        self.model.eval()
+        sums = torch.zeros(1 + len(self.task.metrics), device=self.device)
+        for x, y in batches:
+            out = self.model(x)
+            parts = [self.task.loss(out, y) * y.shape[0]]
+            parts += [fn(out, y) for fn in self.task.metrics.values()]
+            sums += torch.stack([p.float() for p in parts])
+        return sums
+
+    def evaluate(self, batches: Batches, prefix: str = "test") -> dict[str, float]:
+        """Loss and task metrics over `batches` as `{prefix}_loss`, `{prefix}_<metric>`."""
+        values = self._eval_sums(batches).tolist()
+        names = ["loss", *self.task.metrics]
+        return {f"{prefix}_{name}": v / batches.num_samples for name, v in zip(names, values)}
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)

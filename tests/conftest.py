@@ -1,0 +1,54 @@
+"""Shared fixtures: composing configs in-process and running `python -m app` in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from app.config import register_configs
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+register_configs()
+
+
+@pytest.fixture
+def compose_cfg():
+    """compose_cfg(*overrides) -> the composed job config (no Hydra run)."""
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=list(overrides), return_hydra_config=False)
+
+    return _compose
+
+
+# A tiny budget that still exercises every part of a run.
+FAST = ["trainer.epochs=3", "data.n_samples=400", "logger=none", "device=cpu", "trainer.progress_bar=false"]
+
+
+@pytest.fixture
+def run_app(tmp_path):
+    """run_app(*args) runs `python -m app *args` with cwd=tmp_path; returns CompletedProcess."""
+
+    def _run(*args: str, timeout: float = 300, check: bool | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+        env.pop("HYDRA_FULL_ERROR")
+        proc = subprocess.run(
+            [sys.executable, "-m", "app", *args], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    return _run
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every run directory (holding .hydra/) under root/outputs, sorted."""
+    return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))
