@@ -46,6 +46,11 @@ def building(group: str, node: DictConfig) -> Iterator[None]:
     except (ConfigError, DataError):
         raise
     except (InstantiationException, TypeError, ValueError, ImportError, AttributeError) as error:
+        cause = error
+        while cause is not None:  # instantiate wraps what the target raised: surface our own errors
+            if isinstance(cause, (ConfigError, DataError)):
+                raise cause from None
+            cause = cause.__cause__
         target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
         raise ConfigError(
             f"{group}._target_", target, f"{group} settings that {target} accepts",

@@ -156,7 +156,8 @@ class SpiralsDataConf:
     _target_: str = "app.data.spirals"
     n_samples: int = 3000
     n_classes: int = 3
-    noise: float = 0.2
+    noise: float = 0.2  # in units of the gap between neighbouring arms
+    turns: float = 1.5
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -229,10 +230,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "file": FileDataConf,
     },
     "logger": {"wandb": WandbConf},
-    "trainer": {"default": TrainerConf},
-    "early_stopping": {"default": EarlyStoppingConf},
-    "device": {"default": DeviceConf},
-}
+}  # trainer, early_stopping and device have one shape: `Config` types them directly
 
 
 def sweep_direction(mode: str) -> str:
@@ -287,6 +285,9 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     `metric_names`: the metrics the configured task produces (checked against `monitor`);
     None skips that check (the data's task is known only once the data config is read).
     """
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        raise ConfigError(key, "???", f"a value on the command line, as in {key}=<value>",
+                          "This key is required and has no default")
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
 
     t = cfg.trainer
