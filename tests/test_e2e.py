@@ -145,3 +145,33 @@ def test_help_lists_groups_and_options(run_app):
     cfg = run_app("model=resmlp", "--cfg", "job", check=True).stdout
     assert "app.models.ResidualMLP" in cfg and "hydra:" not in cfg
     assert "Hydra" in run_app("--info", check=True).stdout
+
+
+def test_default_experiment_reaches_its_target_accuracy(run_app, tmp_path):
+    """The README's default run, exactly as shipped: val MSE below 0.01 in the default budget."""
+    run_app(check=True)
+    [run_dir] = run_dirs(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] in ("completed", "early_stopped")
+    assert summary["best"] < 0.01
+    assert list((run_dir / "wandb").glob("offline-run-*"))  # W&B offline by default
+
+
+def test_jobs_of_one_process_do_not_share_wandb_runs_or_log_handlers(run_app, tmp_path):
+    args = [a for a in FAST if a != "logger=none"]
+    run_app("--multirun", *args, "optimizer.lr=1e-3,2e-3", check=True)
+    jobs = run_dirs(tmp_path)
+    assert len(jobs) == 2
+    for job in jobs:
+        assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+        log = (job / "train.log").read_text()
+        assert log.count("completed: best") == 1  # only its own job's lines
+        assert str(job) in log
+
+
+def test_host_resident_batches_give_the_same_numbers(run_app, tmp_path):
+    run_app(*FAST, check=True)
+    run_app(*FAST, "trainer.data_on_device=false", check=True)
+    on_device, on_host = [read_metrics(d) for d in run_dirs(tmp_path)]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_time"} for r in rows]  # noqa: E731
+    assert strip(on_device) == strip(on_host)

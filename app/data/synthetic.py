@@ -161,3 +161,9 @@ def blobs(
     return make_splits(
         "classification", points.float(), labels, n_classes, val_fraction, test_fraction, seed
     )
+
+
+# The task each builder produces, known before any data is made (see app.tasks.task_of).
+regression_1d.task = "regression"
+spirals.task = "classification"
+blobs.task = "classification"
