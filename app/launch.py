@@ -1,6 +1,7 @@
 """`python -m app`: route the command line before Hydra sees it.
 
-- `preflight=true` runs `app.preflight` on the composed config: no run directory is written.
+- `preflight=true` runs `app.preflight` on the composed config (with `resume=<run dir>`: on that
+  run's config): no run directory is written.
 - `resume=<run dir>` is rewritten so Hydra continues that run in its own directory
   (`app.resume.resume_argv`).
 - everything else goes to Hydra unchanged (`app.main.main`).
@@ -24,7 +25,11 @@ def launch() -> None:
             if not any(a.startswith("-") for a in args):  # --cfg, --help...: Hydra's business
                 from app.preflight import main as preflight_main
 
-                sys.exit(preflight_main([a for i, a in enumerate(args) if i != preflight[0]]))
+                overrides = [a for i, a in enumerate(args) if i != preflight[0]]
+                if resume.find_override(overrides, "resume"):  # check the run's own config
+                    overrides = [a for a in resume.resume_argv(overrides)
+                                 if not a.startswith(("resume=", "hydra."))]
+                sys.exit(preflight_main(overrides))
         resume.LAUNCH_ARGV = list(sys.argv)
         sys.argv[1:] = resume.resume_argv(args)
     except ConfigError as error:

@@ -81,3 +81,23 @@ def test_resume_argv_refuses_what_is_not_one_run(tmp_path, monkeypatch, args, wo
     with pytest.raises(ConfigError, match=words) as info:
         resume.resume_argv(args)
     assert info.value.key == "resume"
+
+
+def test_launch_routes_preflight_and_preflight_of_a_resume(tmp_path, monkeypatch, compose_cfg):
+    import sys
+
+    import app.preflight
+    from app.launch import launch
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_cfg(), run / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(["model.nodes=8", "seed=5"]), run / ".hydra" / "overrides.yaml")
+    seen = []
+    monkeypatch.setattr(app.preflight, "main", lambda overrides: seen.append(overrides) or 0)
+    for argv in (["preflight=true", "seed=3"], ["preflight=true", f"resume={run}", "seed=3"]):
+        monkeypatch.setattr(sys, "argv", ["app", *argv])
+        with pytest.raises(SystemExit) as info:
+            launch()
+        assert info.value.code == 0
+    assert seen == [["seed=3"], ["model.nodes=8", "seed=3"]]  # the run's overrides, then the new ones
