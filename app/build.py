@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from app import faults
 from app.callbacks import Callback, Checkpoint, CSVLogger, EarlyStopping, ProgressLogger
 from app.config import ConfigError
 from app.data import DataError, DataSplits, TensorBatches
@@ -97,7 +98,7 @@ def build_batches(
     train = TensorBatches(data.train, t.batch_size, shuffle=True, seed=cfg.seed, **common)
     val = TensorBatches(data.val, eval_bs, shuffle=False, **common)
     test = TensorBatches(data.test, eval_bs, shuffle=False, **common) if data.test is not None else None
-    return train, val, test
+    return faults.wrap_train_batches(train), val, test  # wrap: a no-op outside kill tests
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, run_name: str, group: str | None) -> list[Callback]:
@@ -108,7 +109,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, run_name: str, group: str | 
     if es.enabled:
         callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
     callbacks += [
-        Checkpoint(run_dir / "checkpoints", every=t.checkpoint_every),
+        Checkpoint(run_dir / "checkpoints", every=t.checkpoint_every, keep_last_k=t.keep_last_k),
         CSVLogger(run_dir / "metrics.csv"),
         ProgressLogger(t.log_every, t.progress_bar),
     ]

@@ -38,6 +38,7 @@ class TrainerConf:
     log_every: int = 10  # log a metrics line every N epochs (0: never)
     progress_bar: bool = True  # one-line epoch progress on an interactive terminal
     checkpoint_every: int = 1  # write checkpoints/last.pt every N epochs (and at the end)
+    keep_last_k: int = 0  # also keep checkpoints/epoch-NNNN.pt of the last k of those (0: none)
     data_on_device: bool = True  # keep in-memory data on the device and batch by index
 
 
@@ -203,6 +204,7 @@ class Config:
     """The root. Groups whose options differ in shape are typed by their option's schema."""
 
     seed: int = 42
+    deterministic: bool = False  # PyTorch deterministic algorithms (refusing ops are named)
     task_name: str = "train"
     data: Any = MISSING
     model: Any = MISSING
@@ -212,6 +214,9 @@ class Config:
     device: DeviceConf = field(default_factory=DeviceConf)
     logger: Any = None
     trainer: TrainerConf = field(default_factory=TrainerConf)
+    resume: Optional[str] = None  # a run directory to continue (app/resume.py)
+    resume_force: bool = False  # resume even with overrides that change the result
+    preflight: bool = False  # check that one training step works, then exit (app/preflight.py)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -294,6 +299,7 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     for key in ("epochs", "batch_size", "val_every", "checkpoint_every"):
         _positive_int(cfg, f"trainer.{key}")
     _positive_int(cfg, "trainer.log_every", allow_zero=True)
+    _positive_int(cfg, "trainer.keep_last_k", allow_zero=True)
     if t.eval_batch_size is not None:
         _positive_int(cfg, "trainer.eval_batch_size")
     _check(t.mode in MODES, "trainer.mode", t.mode, " or ".join(MODES))

@@ -16,11 +16,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from app import build
+from app import build, preflight, resume
 from app.config import ConfigError, register_configs, validate
 from app.data import DataError
 from app.device import describe, resolve_device
+from app.provenance import config_hash
 from app.records import objective, provenance, write_json
+from app.reproducibility import determinism_refusal, set_deterministic
 from app.tasks import TASKS, task_of
 from app.trainer import Trainer
 
@@ -35,8 +37,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task_name = task_of(cfg.data)
     validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
     device = resolve_device(cfg.device.type, cfg.device.index)
-    write_json(run_dir / "provenance.json", provenance(describe(device), list(hydra_cfg.overrides.task)))
+    resumption = resume.prepare(cfg, run_dir) if cfg.resume else None
+    if resumption is not None and resumption.finished is not None:
+        log.info(resumption.message)
+        return resumption.finished
+    if resumption is None:
+        write_json(run_dir / "provenance.json",
+                   provenance(describe(device), list(hydra_cfg.overrides.task), config_hash(cfg)))
     build.seed_everything(cfg.seed)
+    set_deterministic(cfg.deterministic)
 
     data = build.build_data(cfg)
     task = TASKS[data.task]
@@ -56,6 +65,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         scheduler_interval=interval, val_every=cfg.trainer.val_every,
         monitor=cfg.trainer.monitor, mode=cfg.trainer.mode, callbacks=callbacks,
     )
+    checkpoint = next(cb for cb in callbacks if isinstance(cb, build.Checkpoint))
+    if resumption is not None:
+        resumption.restore(trainer, train_batches, checkpoint, describe(device), cfg)
     log.info("%s | %s | %d parameters | %s", data.describe(), type(model).__name__,
              sum(p.numel() for p in model.parameters()), describe(device))
 
@@ -64,7 +76,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     try:
         result = trainer.fit(train_batches, val_batches)
         test_metrics = {}
-        checkpoint = next(cb for cb in callbacks if isinstance(cb, build.Checkpoint))
         if test_batches is not None and checkpoint.load_best_weights(model):
             test_metrics = trainer.evaluate(test_batches, prefix="test")
         summary.update(
@@ -84,6 +95,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if device.type == "cuda":  # jobs of one sweep share this process: free the GPU
             del trainer, model, optimizer, train_batches, val_batches, test_batches
             torch.cuda.empty_cache()
+    if resumption is not None:
+        resume.refresh_sweep_summary(run_dir)
     log.info("%s: best %s=%s at epoch %s, %d epochs, %.1fs -> %s", summary["status"],
              cfg.trainer.monitor, summary["best"], summary["best_epoch"], summary["epochs_run"],
              summary["wall_time_s"], run_dir)
@@ -93,10 +106,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.preflight:  # only when app.launch left it to Hydra (e.g. with --config-name)
+        sys.exit(preflight.run_and_report(cfg))
     try:
         return train(cfg, run_dir)["objective"]
-    except (ConfigError, DataError) as error:
-        write_json(run_dir / "summary.json", {"status": "failed", "error": str(error)})
+    except (ConfigError, DataError, RuntimeError) as caught:
+        error = determinism_refusal(caught) or caught
+        if not isinstance(error, (ConfigError, DataError)):
+            raise
+        if not cfg.resume:  # a refused resume leaves the run's records as they were
+            write_json(run_dir / "summary.json", {"status": "failed", "error": str(error)})
         print(f"Error: {error}", file=sys.stderr)
         from app.sweep import refresh_summary
 

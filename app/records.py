@@ -1,12 +1,14 @@
 """Files a run leaves beside its metrics: `summary.json` and `provenance.json`."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
 import subprocess
 import sys
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -76,15 +78,30 @@ def _version(package: str) -> str | None:
         return None
 
 
-def provenance(device_name: str, overrides: list[str]) -> dict[str, Any]:
-    """Where a number came from: code version, command, library versions, device."""
+def git_state() -> dict[str, Any]:
+    """The code's version: commit, whether tracked files differ from it, and the sha256 of that
+    difference (`git diff HEAD`), so two dirty runs can be told apart. None where git says nothing."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
+    diff = _git("diff", "HEAD", "--binary") if status else None
     return {
         "git_commit": commit,
         "git_dirty": bool(status) if status is not None else None,
-        "command": [sys.executable, *sys.argv],
+        "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+    }
+
+
+def provenance(device_name: str, overrides: list[str], config_hash: str | None = None,
+               command: list[str] | None = None) -> dict[str, Any]:
+    """Where a number came from: code version, command, library versions, device, and the hash of
+    the config that determines the numbers (`app.provenance.config_hash`)."""
+    return {
+        **git_state(),
+        "config_hash": config_hash,
+        "command": command or [sys.executable, *sys.argv],
         "overrides": overrides,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {

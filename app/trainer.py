@@ -87,7 +87,9 @@ class Trainer:
         self.should_stop = False
         self.stop_reason = "completed"
         self.stop_message = ""
+        self.last: float | None = None  # the monitored value at the last epoch that measured it
         self.history: list[dict[str, float]] = []
+        self.train_batches: Batches | None = None  # what `fit` is training on (checkpoints save its order)
 
     # ------------------------------------------------------------------ control from callbacks
     def request_stop(self, reason: str, message: str = "") -> None:
@@ -95,12 +97,35 @@ class Trainer:
         if not self.should_stop:
             self.should_stop, self.stop_reason, self.stop_message = True, reason, message
 
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's own state (model, optimizer, RNGs etc. are saved by the Checkpoint callback):
+        epochs done, best/last monitored values, the stop decision, and every epoch's metrics."""
+        return {
+            "epoch": self.epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "last": self.last,
+            "should_stop": self.should_stop,
+            "stop_reason": self.stop_reason,
+            "stop_message": self.stop_message,
+            "history": [dict(metrics) for metrics in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`: the next `fit` starts at epoch `state["epoch"] + 1`."""
+        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.last = state["last"]
+        self.should_stop, self.stop_reason = state["should_stop"], state["stop_reason"]
+        self.stop_message = state["stop_message"]
+        self.history = [dict(metrics) for metrics in state["history"]]
+
     # ------------------------------------------------------------------ the loop
     def fit(self, train: Batches, val: Batches | None) -> FitResult:
         """Train for the remaining epochs; return the monitored metric's best and last values."""
         self.model.to(self.device)
+        self.train_batches = train
         self._emit("on_fit_start")
-        last_value: float | None = None
         while self.epoch < self.epochs and not self.should_stop:
             epoch = self.epoch + 1
             started = time.perf_counter()
@@ -124,7 +149,7 @@ class Trainer:
             self.improved = False
             value = metrics.get(self.monitor)
             if value is not None:
-                last_value = value
+                self.last = value
                 if improves(value, self.best, self.mode):
                     self.best, self.best_epoch, self.improved = value, epoch, True
 
@@ -138,19 +163,21 @@ class Trainer:
                 )
 
             self.history.append(metrics)
-            self._emit("on_epoch_end", metrics)
+            # Step before the callbacks so a checkpoint written at this epoch's end holds the
+            # schedule as the next epoch will use it.
             if not self.should_stop and self.scheduler is not None and self.scheduler_interval == "epoch":
                 if not self._plateau:
                     self.scheduler.step()
                 elif value is not None:
                     self.scheduler.step(value)
+            self._emit("on_epoch_end", metrics)
 
         result = FitResult(
             monitor=self.monitor,
             mode=self.mode,
             best=self.best,
             best_epoch=self.best_epoch,
-            last=last_value,
+            last=self.last,
             epochs_run=self.epoch,
             stop_reason=self.stop_reason,
             message=self.stop_message,

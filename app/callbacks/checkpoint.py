@@ -1,34 +1,87 @@
-"""Checkpoints in the run directory: `checkpoints/last.pt` and `checkpoints/best.pt`."""
+"""Checkpoints in the run directory: `checkpoints/last.pt`, `checkpoints/best.pt`, and optional
+snapshots `checkpoints/epoch-NNNN.pt`.
+
+`last.pt` holds everything a run needs to continue exactly: model, optimizer, scheduler, the
+trainer's loop state (epoch, best so far, every epoch's metrics, the stop decision), each
+callback's state (early stopping's patience, the W&B run id), the training data's shuffle state,
+and every random generator (python, numpy, torch CPU, CUDA). Files are written atomically, so a
+kill at any instant leaves the previous checkpoint or the new one, never a torn one.
+"""
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app import faults
 from app.callbacks.base import Callback
+from app.reproducibility import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+FORMAT = 2  # 2: full state (trainer, RNGs, data order); 1 had weights and optimizer only
+SNAPSHOT = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (POSIX; elsewhere the rename alone has to do)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """Write `obj` with torch.save to a temp file beside `path`, then rename over it, so a
     kill at any instant leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
+        faults.before_checkpoint_write(obj, f)  # test-only kill point; a no-op otherwise
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _sync_directory(path.parent)
+
+
+def atomic_link(source: Path, path: Path) -> None:
+    """Make `path` the same file as `source` (a hard link, or a copy where links are not
+    supported), atomically like `atomic_save`."""
+    path = Path(path)
+    if path.exists() and os.path.samefile(source, path):
+        return  # already linked (renaming a link over itself would leave the temp behind)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
+    _sync_directory(path.parent)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, tensors on the CPU (loading puts them where the run's are)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 class Checkpoint(Callback):
-    """Saves `last.pt` every `every` epochs and at the end, and `best.pt` whenever the
-    monitored metric reaches a new best. Each holds model, optimizer and scheduler state,
-    the epoch, the best value so far, and the callbacks' state."""
+    """Saves `last.pt` every `every` epochs, at the end, and whenever the monitored metric
+    reaches a new best; `best.pt` is then the same file (a hard link: no second write).
+    `keep_last_k` > 0 also keeps `epoch-NNNN.pt` for the last k of the every-N epochs."""
 
-    def __init__(self, directory: str | Path, every: int = 1) -> None:
+    def __init__(self, directory: str | Path, every: int = 1, keep_last_k: int = 0) -> None:
         self.directory = Path(directory)
         self.every = every
+        self.keep_last_k = keep_last_k
         self.last_path = self.directory / "last.pt"
         self.best_path = self.directory / "best.pt"
 
@@ -36,7 +89,9 @@ class Checkpoint(Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def state(self, trainer, metrics: dict[str, float]) -> dict[str, Any]:
+        batches = getattr(trainer, "train_batches", None)
         return {
+            "format": FORMAT,
             "epoch": trainer.epoch,
             "model": trainer.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
@@ -46,23 +101,81 @@ class Checkpoint(Callback):
             "best": trainer.best,
             "best_epoch": trainer.best_epoch,
             "metrics": metrics,
+            "trainer": trainer.state_dict(),
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks},
+            "train_batches": batches.state_dict() if hasattr(batches, "state_dict") else None,
+            "rng": rng_state(trainer.device),
         }
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
-        last_due = trainer.epoch % self.every == 0 or trainer.should_stop or trainer.epoch == trainer.epochs
-        if not (trainer.improved or last_due):
+        due = trainer.epoch % self.every == 0 or trainer.should_stop or trainer.epoch == trainer.epochs
+        if not (due or trainer.improved):
             return
-        state = self.state(trainer, metrics)
+        # last.pt first, then best.pt as a link to it: best.pt is never ahead of last.pt, so a
+        # resume from last.pt never finds a best.pt from epochs it is about to train again.
+        atomic_save(self.state(trainer, metrics), self.last_path)
         if trainer.improved:
-            atomic_save(state, self.best_path)
-        if last_due:
-            atomic_save(state, self.last_path)
+            atomic_link(self.last_path, self.best_path)
+        if self.keep_last_k and due:
+            atomic_link(self.last_path, self.directory / f"epoch-{trainer.epoch:04d}.pt")
+            for _, old in self.snapshots()[: -self.keep_last_k]:
+                old.unlink(missing_ok=True)
+
+    def snapshots(self) -> list[tuple[int, Path]]:
+        """(epoch, path) of the `epoch-NNNN.pt` snapshots, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := SNAPSHOT.match(p.name))]
+        return sorted(found)
 
     def load_best_weights(self, model: torch.nn.Module) -> bool:
         """Load best.pt's weights into `model`; False when no best checkpoint was written."""
         if not self.best_path.exists():
             return False
-        state = torch.load(self.best_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(load_checkpoint(self.best_path)["model"])
         return True
+
+    # ------------------------------------------------------------------ resuming
+    def restore(self, trainer, train_batches: Any = None) -> dict[str, Any] | None:
+        """Put `trainer` (its model, optimizer, scheduler, callbacks), `train_batches` and the
+        random generators back where `last.pt` left them; None (nothing touched) without one.
+
+        Also tidies what a kill can leave: torn temp files, a best.pt link not yet made, and
+        snapshots of epochs after last.pt (they will be trained again).
+        """
+        for tmp in self.directory.glob(".*.tmp") if self.directory.is_dir() else ():
+            log.info("removing %s, a checkpoint write that was interrupted", tmp)
+            tmp.unlink()
+        if not self.last_path.exists():
+            for stale in [self.best_path, *(p for _, p in self.snapshots())]:
+                stale.unlink(missing_ok=True)
+            return None
+        try:
+            state = load_checkpoint(self.last_path)
+        except Exception as error:  # atomic writes rule out torn files; this is damage from outside
+            raise ValueError(f"{self.last_path} cannot be read ({type(error).__name__}: {error})") from None
+        if not isinstance(state, dict) or state.get("format", 1) < FORMAT:
+            raise ValueError(f"{self.last_path} predates full-state checkpoints (format {FORMAT})")
+
+        trainer.model.load_state_dict(state["model"])
+        trainer.model.to(trainer.device)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        if trainer.scheduler is not None and state["scheduler"] is not None:
+            trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.load_state_dict(state["trainer"])
+        for callback in trainer.callbacks:
+            saved = state["callbacks"].get(type(callback).__name__)
+            if saved is not None:
+                callback.load_state_dict(saved)
+        if train_batches is not None and state["train_batches"] is not None:
+            train_batches.load_state_dict(state["train_batches"])
+
+        if trainer.best_epoch is not None and trainer.best_epoch == trainer.epoch:
+            atomic_link(self.last_path, self.best_path)  # killed before the link was made
+        for epoch, path in self.snapshots():
+            if epoch > trainer.epoch:
+                path.unlink()
+        # Last: nothing above may draw from the generators the next epoch continues.
+        for warning in set_rng_state(state["rng"]):
+            log.warning("resume: %s; the run continues, but not bit for bit", warning)
+        return state

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from app.callbacks.base import Callback
@@ -10,7 +11,9 @@ from app.callbacks.base import Callback
 class CSVLogger(Callback):
     """Columns: epoch, train_loss, val_loss, lr, the task's val_ metrics, epoch_time.
     Epochs without validation leave the val_ cells empty. Each row is flushed to disk at once,
-    so a crash loses nothing already done."""
+    so a crash loses nothing already done. When fitting starts, the file is rewritten from the
+    trainer's history: a resumed run drops the rows its interrupted attempt wrote after the
+    checkpoint it continues from, and restores any it did not get to write."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -19,15 +22,20 @@ class CSVLogger(Callback):
     def on_fit_start(self, trainer) -> None:
         val_metrics = [n for n in trainer.metric_names if n.startswith("val_") and n != "val_loss"]
         self.columns = ["epoch", "train_loss", "val_loss", "lr", *val_metrics, "epoch_time"]
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.columns)
+            writer.writerows(self._row(metrics) for metrics in trainer.history)
+        os.replace(tmp, self.path)
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
-        row = [_format(metrics.get(column)) for column in self.columns]
         with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow(row)
+            csv.writer(f).writerow(self._row(metrics))
+
+    def _row(self, metrics: dict[str, float]) -> list[str]:
+        return [_format(metrics.get(column)) for column in self.columns]
 
 
 def _format(value) -> str:

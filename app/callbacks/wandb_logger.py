@@ -52,6 +52,17 @@ class WandbLogger(Callback):
             step = int(metrics["epoch"])
             self.run.log({k: v for k, v in metrics.items() if k != "epoch"}, step=step)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The W&B run id, so a resumed run logs into the same W&B run."""
+        run_id = self.run.id if self.run is not None else self.kwargs.get("id")
+        return {"run_id": run_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Offline, each attempt is its own offline-run-*-<id> folder with the same id; `wandb sync`
+        # uploads them in order into one run. Online, W&B appends to the run.
+        if state.get("run_id"):
+            self.kwargs.update(id=state["run_id"], resume="allow")
+
     def on_run_end(self, summary: dict[str, Any]) -> None:
         if self.run is None:
             return

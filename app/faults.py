@@ -1,0 +1,88 @@
+"""FOR TESTS ONLY: make the process SIGKILL itself at a named point, to prove that a run killed
+there resumes exactly. Off unless the environment variable `APP_TEST_KILL_AT` is set, and then
+it costs nothing on the training path but a wrapper around the training batches.
+
+    APP_TEST_KILL_AT=batch:N             after the N-th training batch of this process (mid-epoch)
+    APP_TEST_KILL_AT=epoch_start:N       as the N-th epoch of this process starts (between epochs)
+    APP_TEST_KILL_AT=checkpoint_write:N  during the N-th checkpoint file write of this process,
+                                         after half of the temp file is on disk
+
+Counts start at 1 in each process, so the same setting kills at the same point every time.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+from typing import Any, BinaryIO, Iterator
+
+ENV = "APP_TEST_KILL_AT"
+POINTS = ("batch", "epoch_start", "checkpoint_write")
+
+
+def _parse(text: str | None) -> tuple[str, int] | None:
+    if not text:
+        return None
+    point, _, count = text.partition(":")
+    if point not in POINTS or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{ENV}={text!r}: expected one of {', '.join(POINTS)} followed by :N (N >= 1)")
+    return point, int(count)
+
+
+KILL_AT = _parse(os.environ.get(ENV))
+_seen = {point: 0 for point in POINTS}
+
+
+def _reached(point: str) -> bool:
+    if KILL_AT is None or KILL_AT[0] != point:
+        return False
+    _seen[point] += 1
+    return _seen[point] == KILL_AT[1]
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+class _KillingBatches:
+    """Yields what `inner` yields, killing the process at the configured batch or epoch start;
+    everything else (num_samples, state_dict, ...) is `inner`'s."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Any]:
+        if _reached("epoch_start"):
+            _kill()
+        for batch in self.inner:
+            yield batch
+            if _reached("batch"):  # the trainer has taken this batch's step and asks for the next
+                _kill()
+
+
+def wrap_train_batches(batches: Any) -> Any:
+    """`batches` itself unless a batch or epoch kill point is set."""
+    if KILL_AT is None or KILL_AT[0] not in ("batch", "epoch_start"):
+        return batches
+    return _KillingBatches(batches)
+
+
+def before_checkpoint_write(obj: Any, file: BinaryIO) -> None:
+    """Called by `atomic_save` with its open temp file: at the configured write, put the first
+    half of the serialized checkpoint in the file, flush it to disk, and die."""
+    if not _reached("checkpoint_write"):
+        return
+    buffer = io.BytesIO()
+    import torch
+
+    torch.save(obj, buffer)
+    file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    file.flush()
+    os.fsync(file.fileno())
+    _kill()

@@ -1,0 +1,300 @@
+"""Preflight: does this configuration train at all? Answered in seconds, before a long run.
+
+    python -m app preflight=true [overrides]      # or: python -m app.preflight [overrides]
+
+Composes the config, builds data, model, optimizer, scheduler, callbacks and batches exactly as a
+run does, then takes ONE training step on the first batch (forward, loss, backward, optimizer
+step, scheduler step) and one validation forward, checking on the way that output and target
+shapes agree, the loss and every gradient are finite, the weights stay finite, and a checkpoint
+of the full state can be written. Prints a pass/fail table and the peak memory; writes no run
+directory. Exit status: 0 passed, 1 a check failed, 2 the configuration is invalid.
+"""
+from __future__ import annotations
+
+import io
+import math
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from omegaconf import DictConfig
+
+from app import build
+from app.callbacks import Checkpoint
+from app.config import ConfigError, validate
+from app.data import DataError
+from app.device import describe, resolve_device
+from app.reproducibility import determinism_refusal, set_deterministic
+from app.tasks import TASKS, task_of
+from app.trainer import Trainer
+
+CHECKS = (
+    "config", "device", "data", "model", "optimizer", "scheduler", "callbacks", "batches",
+    "forward", "loss", "backward", "optimizer step", "scheduler step", "validation", "checkpoint",
+)
+
+
+@dataclass
+class Check:
+    name: str
+    status: str = "PASS"  # PASS | WARN | FAIL | SKIP
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class CheckFailed(Exception):
+    """A preflight check found something wrong (not an error of the check itself)."""
+
+
+class _Stop(Exception):
+    pass
+
+
+class Report:
+    """The checks run so far; `check(name)` records one, and stops the preflight if it fails."""
+
+    def __init__(self) -> None:
+        self.checks: list[Check] = []
+        self.config_error = False
+        self.memory = ""
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def check(self, name: str) -> Iterator[Check]:
+        row = Check(name)
+        started = time.perf_counter()
+        try:
+            yield row
+        except (ConfigError, DataError) as error:
+            row.status, row.detail, self.config_error = "FAIL", str(error), True
+            raise _Stop from None
+        except CheckFailed as error:
+            row.status, row.detail = "FAIL", str(error)
+            raise _Stop from None
+        except Exception as error:  # what a real run would have crashed with, said in one line
+            refusal = determinism_refusal(error)
+            if refusal is not None:
+                row.status, row.detail, self.config_error = "FAIL", str(refusal), True
+            else:
+                text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                row.status, row.detail = "FAIL", f"{type(error).__name__}: {text}"
+            raise _Stop from None
+        finally:
+            row.seconds = time.perf_counter() - started
+            self.checks.append(row)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.status in ("PASS", "WARN") for c in self.checks)
+
+    def exit_code(self) -> int:
+        return 0 if self.passed else 2 if self.config_error else 1
+
+    def table(self) -> str:
+        done = {c.name for c in self.checks}
+        rows = self.checks + [Check(n, "SKIP") for n in CHECKS if n not in done]
+        width = max(len(r.name) for r in rows)
+        lines = [f"{'check'.ljust(width)}  status  time     detail"]
+        lines += [f"{r.name.ljust(width)}  {r.status.ljust(6)}  {r.seconds * 1000:5.0f}ms  {r.detail}" for r in rows]
+        total = time.perf_counter() - self.started
+        failed = next((c for c in self.checks if c.status == "FAIL"), None)
+        verdict = "PASSED" if failed is None else f"FAILED at {failed.name}"
+        lines.append(f"preflight {verdict} in {total:.1f}s; peak memory: {self.memory or 'n/a'}")
+        return "\n".join(lines)
+
+
+def _first_line(tensor_names: list[str], limit: int = 4) -> str:
+    more = f" and {len(tensor_names) - limit} more" if len(tensor_names) > limit else ""
+    return ", ".join(tensor_names[:limit]) + more
+
+
+def shape_problem(task: str, out: torch.Tensor, target: torch.Tensor, out_features: int) -> str | None:
+    """Why `out` cannot be scored against `target` for `task`, or None. out: [batch, ...]."""
+    if out.shape[0] != target.shape[0]:
+        return f"output has {out.shape[0]} rows for a batch of {target.shape[0]}"
+    if task == "classification":
+        if out.ndim != 2 or out.shape[1] != out_features:
+            return f"output {tuple(out.shape)}: expected [batch, {out_features}] class scores"
+        if target.ndim != 1 or target.is_floating_point():
+            return f"target {tuple(target.shape)} {target.dtype}: expected [batch] class indices"
+        return None
+    if out.shape != target.shape:
+        return (f"output {tuple(out.shape)} does not match target {tuple(target.shape)} "
+                "(the loss would silently broadcast them)")
+    return None
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**20:.1f} MiB allocated on {device}"
+    if device.type == "mps":
+        return f"{torch.mps.driver_allocated_memory() / 2**20:.1f} MiB held by the MPS driver"
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return ""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return f"{rss / (2**20 if sys.platform == 'darwin' else 2**10):.0f} MiB process RSS (CPU)"
+
+
+def run(cfg: DictConfig) -> Report:
+    """All checks on `cfg`, in order, stopping at the first failure."""
+    report = Report()
+    device = torch.device("cpu")
+    try:
+        with report.check("config") as row:
+            task_name = task_of(cfg.data)
+            validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
+            row.detail = (f"data={cfg.data._target_.rsplit('.', 1)[-1]} model={cfg.model._target_.rsplit('.', 1)[-1]} "
+                          f"optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} "
+                          f"scheduler={cfg.scheduler._target_.rsplit('.', 1)[-1] if cfg.scheduler else 'none'}")
+        with report.check("device") as row:
+            device = resolve_device(cfg.device.type, cfg.device.index)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            build.seed_everything(cfg.seed)
+            set_deterministic(cfg.deterministic)
+            row.detail = describe(device) + (", deterministic algorithms" if cfg.deterministic else "")
+        with report.check("data") as row:
+            data = build.build_data(cfg)
+            task = TASKS[data.task]
+            validate(cfg, task.metric_names())
+            row.detail = data.describe()
+        with report.check("model") as row:
+            model = build.build_model(cfg, data).to(device)
+            row.detail = f"{type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters"
+        with report.check("optimizer") as row:
+            optimizer = build.build_optimizer(cfg, model)
+            row.detail = f"{type(optimizer).__name__}, lr={optimizer.param_groups[0]['lr']:g}"
+        with report.check("scheduler") as row:
+            scheduler, interval = build.build_scheduler(cfg, optimizer)
+            row.detail = f"{type(scheduler).__name__}, stepped per {interval}" if scheduler else "none"
+        with report.check("callbacks") as row:
+            nowhere = Path(tempfile.gettempdir()) / "app-preflight-writes-nothing"  # hooks never run
+            callbacks = build.build_callbacks(cfg, nowhere, run_name="preflight", group=None)
+            row.detail = ", ".join(type(cb).__name__ for cb in callbacks)
+        with report.check("batches") as row:
+            train, val, _ = build.build_batches(data, cfg, device)
+            x, y = next(iter(train))
+            row.detail = (f"{len(train)} train batches; x {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}, "
+                          f"y {tuple(y.shape)} {str(y.dtype).replace('torch.', '')}")
+        trainer = Trainer(
+            model, optimizer, task, device=device, epochs=cfg.trainer.epochs, scheduler=scheduler,
+            scheduler_interval=interval, val_every=cfg.trainer.val_every,
+            monitor=cfg.trainer.monitor, mode=cfg.trainer.mode, callbacks=callbacks,
+        )
+        trainer.train_batches = train
+        with report.check("forward") as row:
+            model.train()
+            out = model(x)
+            problem = shape_problem(data.task, out, y, data.out_features)
+            if problem:
+                raise CheckFailed(problem)
+            row.detail = f"output {tuple(out.shape)}, target {tuple(y.shape)}"
+        with report.check("loss") as row:
+            loss = task.loss(out, y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise CheckFailed(f"loss is {value} on the first batch (check the data and the model's output)")
+            row.detail = f"{value:.6g}"
+        with report.check("backward") as row:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            bad = [n for n, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
+            if bad:
+                raise CheckFailed(f"non-finite gradients in {_first_line(bad)}")
+            norms = [p.grad.norm() for _, p in named if p.grad is not None]
+            row.detail = f"gradient norm {float(torch.stack(norms).norm()) if norms else 0.0:.4g}"
+            unused = [n for n, p in named if p.grad is None]
+            if unused:
+                row.status = "WARN"
+                row.detail += f"; no gradient for {_first_line(unused)} (unused parameters)"
+        with report.check("optimizer step") as row:
+            before = [p.detach().clone() for _, p in named]
+            optimizer.step()
+            bad = [n for n, p in named if not torch.isfinite(p).all()]
+            if bad:
+                raise CheckFailed(f"non-finite weights after the step in {_first_line(bad)}")
+            moved = sum(not torch.equal(b, p.detach()) for b, (_, p) in zip(before, named))
+            row.detail = f"{moved} of {len(named)} parameter tensors changed"
+        with report.check("scheduler step") as row:
+            if scheduler is None:
+                row.detail = "no scheduler"
+            else:
+                lr = optimizer.param_groups[0]["lr"]
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(value)
+                else:
+                    scheduler.step()
+                row.detail = f"lr {lr:.4g} -> {optimizer.param_groups[0]['lr']:.4g}"
+        with report.check("validation") as row:
+            model.eval()
+            xv, yv = next(iter(val))
+            with torch.no_grad():
+                out = model(xv)
+                problem = shape_problem(data.task, out, yv, data.out_features)
+                if problem:
+                    raise CheckFailed(problem)
+                values = {"val_loss": float(task.loss(out, yv))}
+                values.update({f"val_{k}": float(fn(out, yv)) / yv.shape[0] for k, fn in task.metrics.items()})
+            bad = [k for k, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise CheckFailed(f"non-finite {', '.join(bad)} on the first validation batch")
+            row.detail = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+        with report.check("checkpoint") as row:
+            checkpoint = next(cb for cb in callbacks if isinstance(cb, Checkpoint))
+            trainer.epoch = 1
+            buffer = io.BytesIO()
+            torch.save(checkpoint.state(trainer, {}), buffer)
+            row.detail = f"full state {len(buffer.getvalue()) / 2**20:.2f} MiB"
+    except _Stop:
+        pass
+    report.memory = peak_memory(device)
+    return report
+
+
+def run_and_report(cfg: DictConfig) -> int:
+    """Run the checks, print the table; the exit status (0 passed, 1 failed, 2 invalid config)."""
+    report = run(cfg)
+    print(report.table(), flush=True)
+    return report.exit_code()
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The job config `python -m app <overrides>` would run, composed without starting Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from app.config import register_configs
+    from app.main import CONF_DIR
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    except HydraException as error:
+        raise ConfigError("overrides", " ".join(overrides), "overrides `python -m app` accepts",
+                          str(error).strip().splitlines()[0]) from None
+
+
+def main(argv: list[str]) -> int:
+    """`python -m app.preflight [overrides]`; the exit status."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        cfg = compose_config([a for a in argv if a not in ("preflight=true", "preflight=True")])
+    except ConfigError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+    return run_and_report(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
