@@ -109,7 +109,11 @@ def optuna_report(storage: str, study_name: str) -> Report:
         run_dir = t.user_attrs.get("run_dir")
         summary = _summary(run_dir)
         monitor = monitor or (summary or {}).get("monitor")
-        state = "FAIL (interrupted)" if t.user_attrs.get("interrupted") else t.state.name
+        state = t.state.name
+        if t.user_attrs.get("interrupted"):
+            state += " (interrupted)"
+        elif t.state == TrialState.PRUNED and t.user_attrs.get("status") == "diverged":
+            state += " (diverged)"
         duration = ((t.datetime_complete - t.datetime_start).total_seconds()
                     if t.datetime_complete and t.datetime_start else None)
         epochs = t.user_attrs.get("epochs_run")
@@ -312,7 +316,7 @@ def plot_history(report: Report, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     for state, style in (("COMPLETE", dict(marker="o", color="C0")), ("PRUNED", dict(marker="x", color="0.5"))):
-        chosen = [r for r in points if r["state"] == state]
+        chosen = [r for r in points if r["state"].startswith(state)]
         if chosen:
             label = "completed" if state == "COMPLETE" else "pruned (last reported value)"
             ax.scatter([r["trial"] for r in chosen], [r["value"] for r in chosen], s=18, label=label, **style)

@@ -76,5 +76,5 @@ class CurveExtrapolationPruner(BasePruner):
         predicted = extrapolate(steps, [trial.intermediate_values[s] for s in steps], horizon,
                                 maximize, self.window)
         if maximize:
-            return predicted < float(np.percentile(finished, 100.0 - self.percentile))
-        return predicted > float(np.percentile(finished, self.percentile))
+            return bool(predicted < float(np.percentile(finished, 100.0 - self.percentile)))
+        return bool(predicted > float(np.percentile(finished, self.percentile)))

@@ -13,7 +13,9 @@ plugin's search-space parsing, trial configuration and launcher, and changes the
 - A job's outcome is read from its run dir's summary.json: completed/early_stopped -> COMPLETE
   (value: the job's return value), pruned or diverged -> PRUNED, failed or raised -> FAIL, with
   `status`, `reason`, `epochs_run`, `run_dir` as user attributes of the trial.
-  `max_failure_rate` bounds FAIL trials among this invocation's trials (not per batch).
+  The sweep stops once more than `max_failure_rate` x (the trials this invocation set out to
+  run) have failed (the plugin checks each batch alone, so with n_jobs=1 any rate below 1 stopped
+  at the first failure).
 - Interrupted trials (Ctrl-C, or a sweep process that died: found RUNNING at the next start,
   owned by a process that is gone) are marked FAIL with user attribute `interrupted`, do not
   count as finished, and are retried with the same parameters. A trial whose job had finished
@@ -207,7 +209,8 @@ class StudySweeper(OptunaSweeperImpl):
                  type(self.pruner).__name__, finished, self.n_trials,
                  "; resuming" if finished else "")
 
-        launched, failed = 0, []
+        planned = max(0, self.n_trials - finished)
+        failed: list[JobReturn] = []
         while True:
             study = self._open()
             to_go = self.n_trials - sum(is_finished(t) for t in study.get_trials(deepcopy=False))
@@ -232,13 +235,12 @@ class StudySweeper(OptunaSweeperImpl):
                 outcome = self._tell(told, trial, ret)
                 if outcome.state == TrialState.FAIL:
                     failed.append(ret)
-            launched += len(returns)
-            if failed and len(failed) / launched > self.max_failure_rate:
-                log.error("%d of %d trials failed, more than max_failure_rate=%s: stopping the sweep",
-                          len(failed), launched, self.max_failure_rate)
+            if failed and len(failed) > self.max_failure_rate * planned:
+                log.error("%d trials failed, more than max_failure_rate=%s of the %d this sweep set out "
+                          "to run: stopping", len(failed), self.max_failure_rate, planned)
                 for ret in failed:
                     ret.return_value  # raises the job's own error, with its traceback
-                raise RuntimeError(f"{len(failed)} of {launched} trials failed; see their run dirs")
+                raise RuntimeError(f"{len(failed)} trials failed; see their run dirs")
         self._write_results(self._open())
 
     # ------------------------------------------------------------------ pieces of the loop

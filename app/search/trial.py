@@ -63,12 +63,12 @@ class OptunaTrial:
         self.curves[-1][epoch] = value
         if len(self.curves) == 1:
             self.trial.report(value, epoch)
-            return self._prunes and self.trial.should_prune()
+            return self._prunes and bool(self.trial.should_prune())
         if not self._prunes:
             return False
         frozen = copy.copy(self.trial.storage.get_trial(self.trial._trial_id))
         frozen.intermediate_values = mean_curve(self.curves)
-        return self.study.pruner.prune(self.study, frozen)
+        return bool(self.study.pruner.prune(self.study, frozen))
 
     def describe(self, status: str) -> dict[str, Any]:
         """The trial as a run's summary records it (and W&B shows it)."""
