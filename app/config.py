@@ -205,6 +205,7 @@ class Config:
 
     seed: int = 42
     deterministic: bool = False  # PyTorch deterministic algorithms (refusing ops are named)
+    seeds: Optional[List[int]] = None  # several seeds in one run: objective = their mean (app/seeds.py)
     task_name: str = "train"
     data: Any = MISSING
     model: Any = MISSING
@@ -294,6 +295,11 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
         raise ConfigError(key, "???", f"a value on the command line, as in {key}=<value>",
                           "This key is required and has no default")
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    if cfg.seeds is not None:
+        seeds = list(cfg.seeds)
+        _check(len(seeds) > 0 and len(set(seeds)) == len(seeds) and all(s >= 0 for s in seeds),
+               "seeds", seeds, "null (train once with `seed`) or a non-empty list of distinct "
+               "integers >= 0, e.g. seeds=[1,2,3]")
 
     t = cfg.trainer
     for key in ("epochs", "batch_size", "val_every", "checkpoint_every"):

@@ -23,6 +23,8 @@ from app.device import describe, resolve_device
 from app.provenance import config_hash
 from app.records import objective, provenance, write_json
 from app.reproducibility import determinism_refusal, set_deterministic
+from app.search.trial import OptunaTrial, current_trial
+from app.seeds import train_seeds
 from app.tasks import TASKS, task_of
 from app.trainer import Trainer
 
@@ -31,8 +33,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # absolute: works fr
 register_configs()
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run one experiment in `run_dir`; return its summary (also written to summary.json)."""
+def train(cfg: DictConfig, run_dir: Path, trial: OptunaTrial | None = None) -> dict[str, Any]:
+    """Run one experiment in `run_dir`; return its summary (also written to summary.json).
+    `trial`: the Optuna trial this run is part of (reports to it, may be pruned by it)."""
     hydra_cfg = HydraConfig.get()
     task_name = task_of(cfg.data)
     validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
@@ -54,11 +57,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     optimizer = build.build_optimizer(cfg, model)
     scheduler, interval = build.build_scheduler(cfg, optimizer)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_name = hydra_cfg.job.override_dirname or cfg.task_name
     callbacks = build.build_callbacks(
         cfg, run_dir,
-        run_name=hydra_cfg.job.override_dirname or cfg.task_name,
-        group=Path(hydra_cfg.sweep.dir).name if multirun else None,
+        run_name=f"{run_name} seed={cfg.seed}" if cfg.seeds else run_name,
+        group=trial.study_name if trial else Path(hydra_cfg.sweep.dir).name if multirun else None,
     )
+    if trial is not None:
+        trial.start_seed(cfg.trainer.epochs)
+        callbacks.insert(0, trial.pruning_callback(cfg.trainer.monitor))
     train_batches, val_batches, test_batches = build.build_batches(data, cfg, device)
     trainer = Trainer(
         model, optimizer, task, device=device, epochs=cfg.trainer.epochs, scheduler=scheduler,
@@ -89,6 +96,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     finally:
         summary["objective"] = objective(summary["status"], summary.get("best"), cfg.trainer.mode)
         summary["wall_time_s"] = round(time.time() - started, 3)
+        if trial is not None:
+            summary["trial"] = trial.describe(summary["status"])
         write_json(run_dir / "summary.json", summary)
         for callback in callbacks:
             callback.on_run_end(summary)
@@ -109,7 +118,9 @@ def main(cfg: DictConfig) -> float:
     if cfg.preflight:  # only when app.launch left it to Hydra (e.g. with --config-name)
         sys.exit(preflight.run_and_report(cfg))
     try:
-        return train(cfg, run_dir)["objective"]
+        trial = current_trial()
+        summary = train_seeds(cfg, run_dir, train, trial) if cfg.seeds else train(cfg, run_dir, trial)
+        return summary["objective"]
     except (ConfigError, DataError, RuntimeError) as caught:
         error = determinism_refusal(caught) or caught
         if not isinstance(error, (ConfigError, DataError)):

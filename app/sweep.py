@@ -1,9 +1,9 @@
 """Sweep bookkeeping: a summary table of every job in a sweep directory.
 
 `SweepSummary` is a Hydra callback (configured under `hydra.callbacks` in conf/config.yaml):
-it creates the sweep directory before the sweeper starts (so an Optuna SQLite storage can live
-in it) and rewrites `sweep_summary.csv` after each job and at the end of the sweep, from what
-the jobs' run directories say, so the table is right whatever the launcher or a job's fate.
+it creates the sweep directory before the sweeper starts and rewrites `sweep_summary.csv` after
+each job and at the end of the sweep, from what the jobs' run directories say, so the table is
+right whatever the launcher or a job's fate. At the end it writes the sweep report (app/report.py).
 """
 from __future__ import annotations
 
@@ -105,5 +105,15 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
-        if rows:
-            log.info("Sweep summary (%s):\n%s", sweep_dir / SUMMARY_FILE, format_table(rows))
+        if not rows:
+            return
+        from app.report import report_sweep
+
+        try:
+            report, files = report_sweep(sweep_dir)
+        except Exception as error:  # the sweep's results are all on disk: report, do not fail the sweep
+            log.warning("Sweep summary (%s):\n%s", sweep_dir / SUMMARY_FILE, format_table(rows))
+            log.warning("The sweep report failed (%s: %s); retry with: python -m app.report %s",
+                        type(error).__name__, error, sweep_dir)
+            return
+        log.info("Sweep report (%s):\n%s", files[0], report.text())

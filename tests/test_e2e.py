@@ -117,14 +117,18 @@ def test_optuna_search_runs_trials_and_persists_the_study(run_app, tmp_path):
     jobs = run_dirs(tmp_path)
     assert len(jobs) == 3
     sweep_dir = jobs[0].parent
-    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    # the study lives in a stable file named after it, not in the (timestamped) sweep dir
+    storage = f"sqlite:///{tmp_path / 'outputs' / 'studies' / 'train-regression_optuna.db'}"
     [summary] = optuna.study.get_all_study_summaries(storage)
+    assert summary.study_name == "train-regression_optuna"
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     trials = study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     objectives = sorted(json.loads((j / "summary.json").read_text())["objective"] for j in jobs)
     assert sorted(t.value for t in trials) == pytest.approx(objectives)
+    assert [len(t.intermediate_values) for t in trials] == [3, 3, 3]  # one value per epoch
+    assert sorted(j.name for j in jobs) == [str(t.number) for t in trials]  # run dir = trial number
     assert (sweep_dir / "sweep_summary.csv").exists()
 
 
@@ -132,8 +136,7 @@ def test_optuna_direction_follows_monitor_mode(run_app, tmp_path):
     optuna = pytest.importorskip("optuna")
     run_app("--multirun", "experiment=spirals", "hparams_search=spirals_optuna", "hydra.sweeper.n_trials=2",
             "trainer.epochs=2", "scheduler.warmup_steps=1", "data.n_samples=300", "logger=none", "device=cpu", check=True)
-    sweep_dir = run_dirs(tmp_path)[0].parent
-    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    storage = f"sqlite:///{tmp_path / 'outputs' / 'studies' / 'spirals-spirals_optuna.db'}"
     [summary] = optuna.study.get_all_study_summaries(storage)
     assert summary.direction == optuna.study.StudyDirection.MAXIMIZE
 

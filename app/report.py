@@ -1,0 +1,465 @@
+"""The sweep report: what a sweep tried, what won, what mattered, what to change.
+
+    python -m app.report <sweep dir>                      # any sweep: grid or Optuna
+    python -m app.report --storage sqlite:///outputs/studies/<name>.db [--study <name>]
+
+Written after every `--multirun` (by `app.sweep.SweepSummary`) and on demand, into the sweep
+dir (or `--out`):
+
+- `report.md`: a table of trials (number, state, value, epochs run, duration, parameters), the
+  best trial and its run dir, parameter importances (Optuna sweeps), and warnings when the best
+  value of a parameter sits at the edge of its search range;
+- `report_curves.png`: validation curves (the monitored metric per epoch) of the best trials,
+  the other trials in grey; `report_history.png` (objective per trial and best so far) and
+  `report_importances.png` for Optuna sweeps.
+
+An Optuna sweep's report covers its whole study (`study.json` in the sweep dir names it), so a
+study resumed over several invocations is reported as one. A grid sweep's covers its jobs
+(`sweep_summary.csv`, the basic sweeper), with the overrides that vary as parameters.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.records import read_json
+from app.sweep import collect, format_table
+
+log = logging.getLogger(__name__)
+REPORT_FILE = "report.md"
+EDGE_FRACTION = 0.05  # a best value within 5% of a range's end (log scale for log ranges) is "at the edge"
+TOP_CURVES = 5
+
+
+@dataclass
+class Report:
+    title: str
+    monitor: str | None
+    direction: str  # minimize | maximize
+    rows: list[dict[str, Any]]  # trial, state, value, epochs, duration_s, run_dir, <params>, reason
+    param_names: list[str]
+    best: dict[str, Any] | None = None
+    importances: dict[str, float] = field(default_factory=dict)
+    importance_note: str = ""
+    warnings: list[str] = field(default_factory=list)
+    optuna: bool = False
+
+    def table(self) -> str:
+        columns = ["trial", "state", "value", "epochs", "duration_s", *self.param_names]
+        return format_table(self.rows, columns)
+
+    def text(self) -> str:
+        lines = [self.title, "", self.table(), ""]
+        if self.best:
+            lines.append(f"Best: trial {self.best['trial']}  value={_fmt(self.best['value'])}  "
+                         f"{_params_text(self.best, self.param_names)}  run dir: {self.best['run_dir']}")
+        else:
+            lines.append("Best: no trial completed")
+        if self.importances:
+            lines.append("Parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in self.importances.items()))
+        elif self.importance_note:
+            lines.append(f"Parameter importances: {self.importance_note}")
+        lines += [f"Warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- building
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _params_text(row: dict[str, Any], names: list[str]) -> str:
+    return " ".join(f"{n}={_fmt(row.get(n))}" for n in names)
+
+
+def _reason(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return ""
+    return str(summary.get("message") or summary.get("error") or "")
+
+
+def _summary(run_dir: str | None) -> dict[str, Any] | None:
+    if not run_dir:
+        return None
+    path = Path(run_dir) / "summary.json"
+    return read_json(path) if path.exists() else None
+
+
+def optuna_report(storage: str, study_name: str) -> Report:
+    """The report of an Optuna study, from its storage and its trials' run dirs."""
+    from optuna.trial import TrialState
+
+    from app.search.study import load_study
+
+    study = load_study(storage, study_name)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    names = sorted({name for t in trials for name in t.params})
+    rows, monitor = [], None
+    for t in trials:
+        run_dir = t.user_attrs.get("run_dir")
+        summary = _summary(run_dir)
+        monitor = monitor or (summary or {}).get("monitor")
+        state = t.state.name
+        if t.user_attrs.get("interrupted"):
+            state += " (interrupted)"
+        elif t.state == TrialState.PRUNED and t.user_attrs.get("status") == "diverged":
+            state += " (diverged)"
+        duration = ((t.datetime_complete - t.datetime_start).total_seconds()
+                    if t.datetime_complete and t.datetime_start else None)
+        epochs = t.user_attrs.get("epochs_run")
+        if epochs is None:
+            epochs = (summary or {}).get("epochs_run", len(t.intermediate_values) or None)
+        rows.append({
+            "trial": t.number, "state": state, "value": t.value, "epochs": epochs,
+            "duration_s": round(duration, 1) if duration is not None else None,
+            "run_dir": run_dir, "reason": t.user_attrs.get("reason") or _reason(summary),
+            **{n: t.params.get(n) for n in names},
+        })
+    direction = study.direction.name.lower()
+    counts = {s: sum(r["state"].startswith(s) for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    title = (f"Study {study.study_name!r} ({direction} {monitor or 'objective'}): {len(rows)} trials, "
+             + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
+    report = Report(title, monitor, direction, rows, names, optuna=True)
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    if best is not None:
+        report.best = next(r for r in rows if r["trial"] == best.number)
+        report.warnings = [w for name, d in best.distributions.items()
+                           if (w := edge_warning(name, best.params[name], distribution_range(d)))]
+    report.importances, report.importance_note = importances(study)
+    return report
+
+
+def grid_report(sweep_dir: str | Path) -> Report:
+    """The report of a basic-sweeper sweep from its jobs' run dirs."""
+    jobs = collect(sweep_dir)
+    overrides = [dict(o.split("=", 1) for o in job["overrides"].split() if "=" in o) for job in jobs]
+    keys = sorted({k for o in overrides for k in o})
+    varying = [k for k in keys if len({o.get(k) for o in overrides}) > 1] or keys
+    monitor, mode = None, "min"
+    rows = []
+    for job, params in zip(jobs, overrides):
+        summary = _summary(job["run_dir"]) or {}
+        monitor, mode = monitor or summary.get("monitor"), summary.get("mode", mode)
+        rows.append({
+            "trial": job["job"], "state": job["status"], "value": job["objective"],
+            "epochs": job["epochs_run"], "duration_s": job["wall_time_s"], "run_dir": job["run_dir"],
+            "reason": _reason(summary), **{k: _number(params.get(k)) for k in varying},
+        })
+    direction = "maximize" if mode == "max" else "minimize"
+    report = Report(f"Sweep {Path(sweep_dir).name} ({direction} {monitor or 'objective'}): {len(rows)} jobs",
+                    monitor, direction, rows, varying)
+    done = [r for r in rows if r["state"] in ("completed", "early_stopped")
+            and isinstance(r["value"], (int, float)) and math.isfinite(r["value"])]
+    if done:
+        report.best = (max if direction == "maximize" else min)(done, key=lambda r: r["value"])
+        for name in varying:
+            values = sorted({r[name] for r in rows if isinstance(r[name], (int, float))})
+            if len(values) >= 3 and (w := edge_warning(name, report.best[name], ("choices", values))):
+                report.warnings.append(w)
+    return report
+
+
+def _number(text: str | None) -> Any:
+    if text is None:
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def distribution_range(distribution: Any) -> tuple | None:
+    """("range", low, high, log, integer) or ("choices", sorted numeric choices) or None."""
+    from optuna import distributions as d
+
+    if isinstance(distribution, (d.UniformDistribution, d.DiscreteUniformDistribution)):
+        return ("range", distribution.low, distribution.high, False, False)
+    if isinstance(distribution, d.LogUniformDistribution):
+        return ("range", distribution.low, distribution.high, True, False)
+    if isinstance(distribution, d.IntUniformDistribution):
+        return ("range", distribution.low, distribution.high, False, True)
+    if isinstance(distribution, d.IntLogUniformDistribution):
+        return ("range", distribution.low, distribution.high, True, True)
+    if isinstance(distribution, d.CategoricalDistribution):
+        numeric = [c for c in distribution.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if len(numeric) == len(distribution.choices) and len(numeric) >= 3:
+            return ("choices", sorted(numeric))
+    return None
+
+
+def edge_warning(name: str, value: Any, space: tuple | None) -> str | None:
+    """A warning when `value` (the best trial's) lies at an end of its search `space`."""
+    if space is None or not isinstance(value, (int, float)):
+        return None
+    if space[0] == "choices":
+        choices = space[1]
+        side = "smallest" if value == choices[0] else "largest" if value == choices[-1] else None
+        if side:
+            return (f"{name}: the best trial took the {side} choice ({_fmt(value)} of {choices}); "
+                    f"try values beyond it")
+        return None
+    _, low, high, log_scale, integer = space
+    if integer:
+        position = 0.0 if value <= low else 1.0 if value >= high else 0.5
+    else:
+        to = math.log if log_scale else float
+        position = (to(value) - to(low)) / (to(high) - to(low)) if high > low else 0.5
+    if position <= EDGE_FRACTION or position >= 1 - EDGE_FRACTION:
+        edge = "lower" if position <= EDGE_FRACTION else "upper"
+        return (f"{name}: the best value {_fmt(value)} is at the {edge} edge of its search range "
+                f"[{_fmt(low)}, {_fmt(high)}]; widen the range, the optimum may lie beyond it")
+    return None
+
+
+def importances(study: Any) -> tuple[dict[str, float], str]:
+    """Optuna's parameter importances (mean decrease in impurity of a random forest fitted to
+    the completed trials; Optuna's default fANOVA evaluator fails with numpy 2)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(completed) < 2:
+        return {}, f"need 2 or more completed trials, have {len(completed)}"
+    try:
+        evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), ""
+    except (ValueError, RuntimeError, ImportError) as error:
+        return {}, f"unavailable ({error})"
+
+
+# ----------------------------------------------------------------------------- curves and plots
+def read_curve(run_dir: str | Path, monitor: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of `monitor` from a run dir's metrics.csv; a multi-seed run's curve is
+    the mean over its seed_<n>/ dirs at each epoch."""
+    run_dir = Path(run_dir)
+    files = [run_dir / "metrics.csv"] if (run_dir / "metrics.csv").exists() else sorted(run_dir.glob("seed_*/metrics.csv"))
+    per_epoch: dict[int, list[float]] = {}
+    for path in files:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                value = row.get(monitor)
+                if value not in (None, ""):
+                    per_epoch.setdefault(int(row["epoch"]), []).append(float(value))
+    epochs = sorted(per_epoch)
+    return epochs, [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
+
+
+def _ranked(report: Report) -> list[dict[str, Any]]:
+    done = [r for r in report.rows if isinstance(r["value"], (int, float)) and math.isfinite(r["value"])
+            and r["state"] in ("COMPLETE", "completed", "early_stopped")]
+    return sorted(done, key=lambda r: r["value"], reverse=report.direction == "maximize")
+
+
+def plot_curves(report: Report, path: Path, top: int = TOP_CURVES) -> bool:
+    if not report.monitor:
+        return False
+    import matplotlib.pyplot as plt
+
+    best = _ranked(report)[:top]
+    best_ids = {r["trial"] for r in best}
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    drawn, positive = 0, True
+    for row in report.rows:
+        if row["trial"] in best_ids or not row.get("run_dir") or not Path(row["run_dir"]).is_dir():
+            continue
+        epochs, values = read_curve(row["run_dir"], report.monitor)
+        if epochs:
+            ax.plot(epochs, values, color="0.75", linewidth=0.8, zorder=1)
+            positive &= all(v > 0 for v in values if math.isfinite(v))
+            drawn += 1
+    for rank, row in enumerate(best):
+        if not row.get("run_dir") or not Path(row["run_dir"]).is_dir():
+            continue
+        epochs, values = read_curve(row["run_dir"], report.monitor)
+        if epochs:
+            ax.plot(epochs, values, linewidth=1.6, zorder=3 + top - rank,
+                    label=f"trial {row['trial']}: {_fmt(row['value'])}")
+            positive &= all(v > 0 for v in values if math.isfinite(v))
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return False
+    if positive and report.monitor.endswith("loss"):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(report.monitor)
+    ax.set_title(f"{report.monitor}: best {len(best)} trials (grey: the others)", fontsize=10)
+    if best:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_history(report: Report, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    points = [r for r in report.rows if isinstance(r["value"], (int, float)) and math.isfinite(r["value"])]
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    for state, style in (("COMPLETE", dict(marker="o", color="C0")), ("PRUNED", dict(marker="x", color="0.5"))):
+        chosen = [r for r in points if r["state"].startswith(state)]
+        if chosen:
+            label = "completed" if state == "COMPLETE" else "pruned (last reported value)"
+            ax.scatter([r["trial"] for r in chosen], [r["value"] for r in chosen], s=18, label=label, **style)
+    best_so_far, xs, ys = None, [], []
+    better = max if report.direction == "maximize" else min
+    for r in sorted((r for r in points if r["state"] == "COMPLETE"), key=lambda r: r["trial"]):
+        best_so_far = r["value"] if best_so_far is None else better(best_so_far, r["value"])
+        xs.append(r["trial"])
+        ys.append(best_so_far)
+    if xs:
+        ax.step(xs, ys, where="post", color="C3", label="best so far")
+    if all(r["value"] > 0 for r in points) and max(r["value"] for r in points) > 20 * min(r["value"] for r in points):
+        ax.set_yscale("log")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(report.monitor or "objective")
+    ax.set_title("Optimization history", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_importances(report: Report, path: Path) -> bool:
+    if not report.importances:
+        return False
+    import matplotlib.pyplot as plt
+
+    names = list(report.importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.4 * len(names)), dpi=100)
+    ax.barh(names, [report.importances[n] for n in names], color="C0")
+    ax.set_xlabel("importance (share of explained variance)")
+    ax.set_title("Parameter importances", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------- writing
+def _markdown_table(report: Report) -> str:
+    columns = ["trial", "state", "value", "epochs", "duration_s", *report.param_names]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in report.rows]
+    return "\n".join(lines)
+
+
+def markdown(report: Report, images: list[str]) -> str:
+    parts = [f"# {report.title}", "", _markdown_table(report), ""]
+    if report.best:
+        parts += [f"**Best:** trial {report.best['trial']}, value {_fmt(report.best['value'])}, "
+                  f"{_params_text(report.best, report.param_names)}  ", f"run dir: `{report.best['run_dir']}`", ""]
+    else:
+        parts += ["**Best:** no trial completed.", ""]
+    if report.importances:
+        parts += ["## Parameter importances", ""]
+        parts += [f"- {k}: {v:.3f}" for k, v in report.importances.items()] + [""]
+    elif report.importance_note and report.optuna:
+        parts += [f"Parameter importances: {report.importance_note}.", ""]
+    if report.warnings:
+        parts += ["## Warnings", ""] + [f"- {w}" for w in report.warnings] + [""]
+    unfinished = [r for r in report.rows if r.get("reason") and r["state"] not in ("COMPLETE", "completed")]
+    if unfinished:
+        parts += ["## Trials that did not complete", ""]
+        parts += [f"- trial {r['trial']} ({r['state']}): {r['reason']}" for r in unfinished] + [""]
+    parts += [f"![{name}]({name})" for name in images]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(report: Report, out_dir: str | Path) -> list[Path]:
+    """Write report.md and the plots into `out_dir`; return the files written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plots = [("report_curves.png", plot_curves)]
+    if report.optuna:
+        plots += [("report_history.png", plot_history), ("report_importances.png", plot_importances)]
+    images = [name for name, plot in plots if plot(report, out_dir / name)]
+    (out_dir / REPORT_FILE).write_text(markdown(report, images))
+    return [out_dir / REPORT_FILE, *(out_dir / name for name in images)]
+
+
+def report_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Report, list[Path]]:
+    """Build and write the report of a sweep dir (Optuna if it has study.json, else grid)."""
+    from app.search.study import StudyFile
+
+    info = StudyFile.read(sweep_dir)
+    report = optuna_report(info.storage, info.study_name) if info else grid_report(sweep_dir)
+    return report, write_report(report, out_dir or sweep_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", nargs="?", help="a sweep directory (outputs/sweeps/<date>/<time>)")
+    parser.add_argument("--storage", help="an Optuna storage URL, e.g. sqlite:///outputs/studies/<name>.db")
+    parser.add_argument("--study", help="the study's name (default: the storage's only study)")
+    parser.add_argument("--out", help="where to write report.md and the plots (default: the sweep dir, "
+                                      "or <storage file>-report/)")
+    args = parser.parse_args(argv)
+    try:
+        report, files = _run(args)
+    except ReportError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+    print(report.text())
+    print("\nWrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+class ReportError(Exception):
+    """What the user asked for cannot be reported (printed as one line, exit status 2)."""
+
+
+def _run(args: argparse.Namespace) -> tuple[Report, list[Path]]:
+    from app.search.study import absolute_storage, sqlite_path
+
+    if bool(args.sweep_dir) == bool(args.storage):
+        raise ReportError("give a sweep directory, or --storage <url> (one of the two)")
+    if args.sweep_dir:
+        sweep_dir = Path(args.sweep_dir)
+        if not sweep_dir.is_dir():
+            raise ReportError(f"{sweep_dir} is not a directory; give a sweep directory such as outputs/sweeps/<date>/<time>")
+        if not (sweep_dir / "study.json").exists() and not any(sweep_dir.glob("*/.hydra/overrides.yaml")):
+            raise ReportError(f"{sweep_dir} holds no sweep jobs (no <job>/.hydra/overrides.yaml) and no study.json")
+        return report_sweep(sweep_dir, args.out)
+    url = absolute_storage(args.storage, Path.cwd())
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise ReportError(f"no such storage file: {path}")
+    import optuna
+
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(url)]
+    name = args.study or (names[0] if len(names) == 1 else None)
+    if name not in names:
+        raise ReportError(f"study {args.study!r} is not in {url}; it has: {', '.join(names) or 'no study'}"
+                          if args.study else f"{url} has several studies ({', '.join(names)}): choose one with --study")
+    out = Path(args.out) if args.out else (path.with_name(f"{path.stem}-report") if path else Path(f"{name}-report"))
+    report = optuna_report(url, name)
+    return report, write_report(report, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Hyperparameter search with Optuna, through Hydra's `--multirun` (mirrors `conf/hparams_search/`).
+
+The pieces, in the order a sweep meets them:
+
+- `config`: the `hydra/sweeper/pruner` options (schemas stored in Hydra's ConfigStore by the
+  `hydra_plugins.hydra_torch_app` plugin package, which holds only what Hydra insists on).
+- `sweeper.StudySweeper`: hydra-optuna-sweeper's ask -> launch -> tell loop, extended: studies
+  stored in SQLite by default and resumed, trials told COMPLETE / PRUNED / FAIL from what the
+  job's run dir says, interrupted trials recovered and retried, GPUs assigned round-robin.
+- `study`: the study's file (`<sweep dir>/study.json`), storage URLs, SQLite set-up, the states.
+- `trial.OptunaTrial`: the job's side: it finds its trial, reports the monitored metric every
+  validated epoch and asks the pruner (through `app.callbacks.Pruning`).
+- `pruners.CurveExtrapolationPruner`: prunes a trial whose learning curve, extrapolated to the
+  last epoch, ends worse than most finished trials.
+"""

@@ -1,0 +1,423 @@
+"""`StudySweeper`: hydra-optuna-sweeper's sweep loop, made to know pruning, failures and resuming.
+
+The plugin's loop asks Optuna for a batch of `n_jobs` trials, launches them as Hydra jobs and
+tells Optuna each job's return value (COMPLETE) or exception (FAIL). This subclass keeps the
+plugin's search-space parsing, trial configuration and launcher, and changes the loop:
+
+- The study lives in `hydra.sweeper.storage`, by default `outputs/studies/<study name>.db`, and
+  is resumed: the loop runs until `n_trials` trials are *finished* in total (COMPLETE, PRUNED, or
+  FAIL from a run that raised), whichever invocation ran them. Resuming refuses a study that a
+  different command started (other overrides, search space or direction).
+- Each job gets its trial's id (`hydra.job.env_set.APP_OPTUNA_TRIAL_ID`) and reports to it
+  every epoch; its run dir is named after the trial number.
+- A job's outcome is read from its run dir's summary.json: completed/early_stopped -> COMPLETE
+  (value: the job's return value), pruned or diverged -> PRUNED, failed or raised -> FAIL, with
+  `status`, `reason`, `epochs_run`, `run_dir` as user attributes of the trial.
+  The sweep stops once more than `max_failure_rate` x (the trials this invocation set out to
+  run) have failed (the plugin checks each batch alone, so with n_jobs=1 any rate below 1 stopped
+  at the first failure).
+- Interrupted trials (Ctrl-C, or a sweep process that died: found RUNNING at the next start,
+  owned by a process that is gone) are marked FAIL with user attribute `interrupted`, do not
+  count as finished, and are retried with the same parameters. A trial whose job had finished
+  when the sweeper died is told from its summary.json instead.
+- With a parallel launcher and several GPUs, trials of a batch get `device.index` round-robin.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from app.config import ConfigError
+from app.records import read_json, write_json
+from app.search.study import (
+    TRIAL_ENV,
+    StudyFile,
+    absolute_storage,
+    default_storage,
+    load_study,
+    prepare_storage,
+    rdb_storage,
+    trial_state,
+)
+
+log = logging.getLogger(__name__)
+OWNER_ATTR = "app:owner"  # system attribute: which sweep process asked (and so runs) a trial
+SEARCH_ATTR = "app:search"  # study user attribute: the command that started the study
+
+
+@dataclass
+class Outcome:
+    """How a finished job is told to Optuna."""
+
+    state: TrialState
+    value: float | None
+    status: str
+    reason: str = ""
+    epochs_run: int | None = None
+    interrupted: bool = False
+
+
+def outcome_from_summary(summary: dict[str, Any] | None, return_value: Any = None) -> Outcome:
+    """The outcome of a job from its run dir's summary.json (None: not written)."""
+    if summary is None:  # a task function that is not this app's: the plugin's rule
+        try:
+            return Outcome(TrialState.COMPLETE, float(return_value), "completed")
+        except (TypeError, ValueError):
+            return Outcome(TrialState.FAIL, None, "failed", f"return value {return_value!r} is not a float")
+    status = summary.get("status", "failed")
+    reason = summary.get("message") or summary.get("error") or ""
+    epochs = summary.get("epochs_run")
+    interrupted = status == "failed" and str(summary.get("error", "")).startswith("KeyboardInterrupt")
+    state, value = trial_state(status), None
+    if state == TrialState.COMPLETE:
+        value = float(return_value if return_value is not None else summary.get("objective", math.nan))
+        if not math.isfinite(value):
+            state, reason = TrialState.FAIL, f"non-finite objective {value} for status {status}"
+    return Outcome(state, value, status, reason, epochs, interrupted)
+
+
+def run_dir_of(ret: JobReturn) -> Path | None:
+    try:
+        return Path(ret.hydra_cfg.hydra.runtime.output_dir)
+    except AttributeError:
+        return None
+
+
+def job_outcome(ret: JobReturn) -> Outcome:
+    run_dir = run_dir_of(ret)
+    summary_path = run_dir / "summary.json" if run_dir is not None else None
+    summary = read_json(summary_path) if summary_path is not None and summary_path.exists() else None
+    if ret.status == JobStatus.FAILED:
+        error = ret._return_value
+        epochs = summary.get("epochs_run") if summary else None
+        return Outcome(TrialState.FAIL, None, "failed", f"{type(error).__name__}: {error}", epochs,
+                       isinstance(error, KeyboardInterrupt))
+    return outcome_from_summary(summary, ret.return_value)
+
+
+# ------------------------------------------------------------------ owners of running trials
+def owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _STARTED}
+
+
+_STARTED = time.time()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process that its parent has not reaped yet still answers signals
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def abandoned(owner_attr: dict[str, Any] | None) -> bool:
+    """Whether a RUNNING trial's sweep process is gone. Trials of sweeps on other hosts are
+    never judged (they may be alive)."""
+    if not owner_attr:
+        return True
+    if owner_attr.get("host") != socket.gethostname():
+        return False
+    if owner_attr.get("pid") == os.getpid():
+        return owner_attr.get("started") != _STARTED
+    return not process_alive(int(owner_attr.get("pid", -1)))
+
+
+def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """Counts towards n_trials: COMPLETE, PRUNED, or FAIL that was not an interruption."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")
+
+
+def gpu_assignments(batch_size: int, gpu_count: int) -> list[int | None]:
+    """The CUDA device index for each trial of a batch that runs at once: round-robin over
+    the GPUs, so K <= gpu_count concurrent trials get K distinct GPUs; None with < 2 GPUs."""
+    if gpu_count < 2:
+        return [None] * batch_size
+    return [position % gpu_count for position in range(batch_size)]
+
+
+class StudySweeper(OptunaSweeperImpl):
+    """See the module docstring. `pruner`: an Optuna pruner (from `hydra/sweeper/pruner`)."""
+
+    def __init__(self, pruner: Any, **plugin_kwargs: Any) -> None:
+        super().__init__(**plugin_kwargs)
+        self.pruner = pruner if pruner is not None else optuna.pruners.NopPruner()
+        if self.n_jobs < 1:
+            raise ConfigError("hydra.sweeper.n_jobs", self.n_jobs, "an integer >= 1")
+
+    # ------------------------------------------------------------------ the loop
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except ConfigError as error:
+            print(f"Error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    def _sweep(self, arguments: list[str]) -> None:
+        space, fixed, is_grid = self._search_space(arguments)
+        directions = self._get_directions()
+        if len(directions) != 1:
+            raise ConfigError("hydra.sweeper.direction", list(directions), "minimize or maximize",
+                              "A run returns one objective (its monitored metric)")
+        launch_dir = self.config.hydra.runtime.cwd
+        self.study_name = self.study_name or self.config.hydra.job.name
+        self.url = (absolute_storage(str(self.storage), launch_dir) if self.storage
+                    else default_storage(self.study_name, launch_dir))
+        prepare_storage(self.url)
+        study = optuna.create_study(
+            study_name=self.study_name, storage=rdb_storage(self.url), sampler=self.sampler,
+            pruner=self.pruner, direction=directions[0], load_if_exists=True,
+        )
+        self._check_same_search(study, space, fixed, directions[0])
+        self._recover(study)
+        existing = len(study.get_trials(deepcopy=False))
+        if existing and not is_grid:
+            self._reseed_sampler(existing)
+        parallel = self.n_jobs if type(self.launcher).__name__ != "BasicLauncher" else 1
+        StudyFile(
+            storage=self.url, study_name=self.study_name, direction=directions[0],
+            pruner=OmegaConf.to_container(self.config.hydra.sweeper.pruner, resolve=True),
+            parallel_jobs=parallel, n_trials=self.n_trials,
+        ).write(self.sweep_dir)
+        gpus = self._gpus_to_share(parallel)
+        finished = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+        log.info("Study %r in %s (%s, sampler %s, pruner %s): %d of %d trials finished%s",
+                 self.study_name, self.url, directions[0], type(self.sampler).__name__,
+                 type(self.pruner).__name__, finished, self.n_trials,
+                 "; resuming" if finished else "")
+
+        planned = max(0, self.n_trials - finished)
+        failed: list[JobReturn] = []
+        while True:
+            study = self._open()
+            to_go = self.n_trials - sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+            if to_go <= 0:
+                break
+            trials = [study.ask() for _ in range(min(to_go, self.n_jobs))]
+            for trial in trials:
+                trial.set_system_attr(OWNER_ATTR, owner())
+            overrides = self._configure_trials(trials, space, fixed)
+            jobs = [
+                (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}",
+                 *([f"device.index={gpu}"] if gpu is not None else []))
+                for trial, job, gpu in zip(trials, overrides, gpu_assignments(len(trials), gpus))
+            ]
+            try:
+                returns = self._launch(trials, jobs)
+            except BaseException as error:
+                self._abandon(trials, error)
+                raise
+            told = self._open()
+            for trial, ret in zip(trials, returns):
+                outcome = self._tell(told, trial, ret)
+                if outcome.state == TrialState.FAIL:
+                    failed.append(ret)
+            if failed and len(failed) > self.max_failure_rate * planned:
+                log.error("%d trials failed, more than max_failure_rate=%s of the %d this sweep set out "
+                          "to run: stopping", len(failed), self.max_failure_rate, planned)
+                for ret in failed:
+                    ret.return_value  # raises the job's own error, with its traceback
+                raise RuntimeError(f"{len(failed)} trials failed; see their run dirs")
+        self._write_results(self._open())
+
+    # ------------------------------------------------------------------ pieces of the loop
+    def _search_space(self, arguments: list[str]) -> tuple[dict, dict, bool]:
+        """The plugin's parsing of `hydra.sweeper.params` and command-line sweeps."""
+        self._process_searchspace_config()
+        params_conf = self._parse_sweeper_params_config() + list(arguments)
+        distributions, fixed = create_params_from_overrides(params_conf)
+        space = dict(self.search_space_distributions or {})
+        space.update(distributions)
+        is_grid = (isinstance(self.sampler, functools.partial)
+                   and self.sampler.func == optuna.samplers.GridSampler)
+        if is_grid:
+            grid = {name: self._to_grid_sampler_choices(d) for name, d in space.items()}
+            self.sampler = self.sampler(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+            log.info("Grid sampler: n_trials = %d (the grid's size, at most)", self.n_trials)
+        for name in fixed:
+            space.pop(name, None)
+        return space, fixed, is_grid
+
+    def _open(self):
+        return load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler)
+
+    def _check_same_search(self, study, space: dict, fixed: dict, direction: str) -> None:
+        """Refuse to resume a study that another command started: the trials would not compare."""
+        search = {
+            "overrides": sorted(str(o) for o in self.config.hydra.overrides.task),
+            "search_space": {name: repr(d) for name, d in sorted(space.items())},
+            "fixed": {name: str(v) for name, v in sorted(fixed.items())},
+        }
+        stored = study.user_attrs.get(SEARCH_ATTR)
+        stored_direction = study.direction.name.lower()
+        if stored is None and not study.get_trials(deepcopy=False):
+            study.set_user_attr(SEARCH_ATTR, search)
+            return
+        differences = [f"direction {stored_direction} (now {direction})"] if stored_direction != direction else []
+        if stored is not None:
+            for key in search:
+                if stored.get(key) != search[key]:
+                    differences.append(f"{key} {stored.get(key)} (now {search[key]})")
+        if differences:
+            raise ConfigError(
+                "hydra.sweeper.study_name", self.study_name,
+                "the command that started the study (to resume it), or a new name with "
+                "hydra.sweeper.study_name=<name> (or another hydra.sweeper.storage)",
+                f"The study in {self.url} was started by a different search: "
+                + "; ".join(differences) + ". Resuming it would mix trials that do not compare",
+            )
+
+    def _recover(self, study) -> None:
+        """Settle RUNNING trials whose sweep process is gone and queue retries of interrupted ones."""
+        storage = study._storage
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner_attr = trial.system_attrs.get(OWNER_ATTR)
+            if not abandoned(owner_attr):
+                if owner_attr and owner_attr.get("host") != socket.gethostname():
+                    log.info("Trial %d is running on %s; left alone", trial.number, owner_attr.get("host"))
+                continue
+            run_dir = trial.user_attrs.get("run_dir")
+            summary_path = Path(run_dir) / "summary.json" if run_dir else None
+            if summary_path is not None and summary_path.exists():
+                outcome = outcome_from_summary(read_json(summary_path))
+                log.info("Trial %d had finished (%s) when its sweep stopped: told %s",
+                         trial.number, outcome.status, outcome.state.name)
+            else:
+                who = f"pid {owner_attr.get('pid')}" if owner_attr else "unknown"
+                reason = f"interrupted: its sweep process ({who}) ended while the trial ran"
+                outcome = Outcome(TrialState.FAIL, None, "failed", reason, interrupted=True)
+                if summary_path is not None and summary_path.parent.is_dir():
+                    write_json(summary_path, {"status": "failed", "error": reason, "interrupted": True})
+                log.warning("Trial %d: %s; it will be run again", trial.number, reason)
+            self._record(storage, trial._trial_id, outcome, run_dir)
+            self._finish(study, trial.number, outcome)
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        for trial in trials:
+            if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted") \
+                    and trial.number not in retried and trial.params:
+                with warnings.catch_warnings():  # add_trial is "experimental" in optuna 2.x
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.add_trial(optuna.trial.create_trial(
+                        state=TrialState.WAITING, system_attrs={"fixed_params": trial.params},
+                        user_attrs={"retry_of": trial.number},
+                    ))
+                log.info("Trial %d (interrupted) queued again with the same parameters", trial.number)
+
+    def _reseed_sampler(self, existing_trials: int) -> None:
+        """A seeded sampler made afresh would repeat the first invocation's samples: offset its
+        seed by the number of trials the study already has (deterministic for a given study)."""
+        node = self.config.hydra.sweeper.sampler
+        if node is not None and node.get("seed") is not None:
+            self.sampler = instantiate(node, seed=int(node.seed) + existing_trials)
+
+    def _gpus_to_share(self, parallel: int) -> int:
+        """GPUs to spread concurrent trials over: 0 unless trials run in parallel processes, the
+        device may be CUDA and the command did not pin `device.index`."""
+        if parallel < 2:
+            return 0
+        device = self.config.get("device") or {}
+        pinned = any(str(o).split("=")[0].lstrip("+~") == "device.index" for o in self.config.hydra.overrides.task)
+        if device.get("type", "auto") not in ("auto", "cuda") or pinned:
+            return 0
+        import torch
+
+        return torch.cuda.device_count()
+
+    def _launch(self, trials: list, jobs: list[Sequence[str]]) -> list[JobReturn]:
+        """Run directories are named after trial numbers: launch consecutive numbers together
+        (the launcher numbers jobs from initial_job_idx), others one at a time."""
+        numbers = [t.number for t in trials]
+        if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            returns = list(self.launcher.launch(jobs, initial_job_idx=numbers[0]))
+        else:
+            returns = [r for n, job in zip(numbers, jobs) for r in self.launcher.launch([job], initial_job_idx=n)]
+        self.job_idx = numbers[-1] + 1
+        return returns
+
+    @staticmethod
+    def _record(storage, trial_id: int, outcome: Outcome, run_dir: Any) -> None:
+        attrs = {"status": outcome.status, "reason": outcome.reason[:500], "epochs_run": outcome.epochs_run}
+        if run_dir is not None:
+            attrs["run_dir"] = str(run_dir)
+        if outcome.interrupted:
+            attrs["interrupted"] = True
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+
+    @staticmethod
+    def _finish(study, number: int, outcome: Outcome) -> None:
+        try:
+            study.tell(number, outcome.value if outcome.state == TrialState.COMPLETE else None,
+                       state=outcome.state)
+        except RuntimeError as error:  # the grid sampler stops the study when the grid is done
+            if "Study.stop" not in str(error):
+                raise
+
+    def _tell(self, study, trial, ret: JobReturn) -> Outcome:
+        outcome = job_outcome(ret)
+        self._record(study._storage, trial._trial_id, outcome, run_dir_of(ret))
+        self._finish(study, trial.number, outcome)
+        line = f"Trial {trial.number}: {outcome.state.name}"
+        if outcome.value is not None:
+            line += f" value={outcome.value:.6g}"
+        if outcome.reason:
+            line += f" ({outcome.reason})"
+        (log.warning if outcome.state == TrialState.FAIL else log.info)(line)
+        return outcome
+
+    def _abandon(self, trials: list, error: BaseException) -> None:
+        """The launch was cut short (Ctrl-C, or a job that exited the process): settle its trials.
+        A job that wrote a failed summary before exiting is a FAIL of its own; the rest were
+        interrupted and will be retried by the next run of the command."""
+        study = self._open()
+        for trial in trials:
+            frozen = study._storage.get_trial(trial._trial_id)
+            if frozen.state != TrialState.RUNNING:
+                continue
+            run_dir = frozen.user_attrs.get("run_dir")
+            summary_path = Path(run_dir) / "summary.json" if run_dir else None
+            summary = read_json(summary_path) if summary_path is not None and summary_path.exists() else None
+            if isinstance(error, SystemExit) and summary is not None and summary.get("status") == "failed":
+                outcome = outcome_from_summary(summary)
+            else:
+                outcome = Outcome(TrialState.FAIL, None, "failed",
+                                  f"interrupted: the sweep stopped ({type(error).__name__})", interrupted=True)
+            self._record(study._storage, trial._trial_id, outcome, run_dir)
+            self._finish(study, trial.number, outcome)
+
+    def _write_results(self, study) -> None:
+        """`optimization_results.yaml` in the sweep dir, as the plugin writes it."""
+        try:
+            best = study.best_trial
+        except ValueError:
+            log.warning("No trial of study %r completed: no best parameters", self.study_name)
+            results = {"name": "optuna", "best_params": {}, "best_value": None}
+        else:
+            results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+            log.info("Best trial %d: value %s, parameters %s", best.number, best.value, best.params)
+        OmegaConf.save(OmegaConf.create(results), Path(self.sweep_dir) / "optimization_results.yaml")

@@ -1,0 +1,142 @@
+"""The job's side of an Optuna trial: find it, report to it, ask its pruner.
+
+A job launched by `StudySweeper` has `APP_OPTUNA_TRIAL_ID` in its environment (through
+`hydra.job.env_set`) and `study.json` in its sweep dir; `current_trial()` opens the study from
+there, in whichever process the launcher runs the job.
+
+Several seeds (`seeds=[...]`): the first seed's curve is what the trial reports to Optuna, one
+value per epoch (Optuna keeps one value per step, so later seeds cannot report again). While a
+later seed trains, the pruner is asked about the mean, epoch by epoch, over the seeds trained so
+far (a seed that stopped early keeps its last value), compared as usual with other trials'
+reported curves. So pruning always uses everything known about the trial at that moment.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from typing import Any
+
+from app.search.study import TRIAL_ENV, StudyFile, load_study, trial_state
+
+log = logging.getLogger(__name__)
+
+
+class OptunaTrial:
+    """One Optuna trial, seen from the job running it. `study`: an `optuna.Study` opened with
+    the sweep's pruner; `trial_id`: Optuna's internal id of the trial."""
+
+    def __init__(self, study: Any, trial_id: int) -> None:
+        import optuna
+
+        self.study = study
+        take_ownership(study, trial_id)
+        self.trial = optuna.trial.Trial(study, trial_id)
+        self.number = self.trial.number
+        self.study_name = study.study_name
+        self.pruner_name = type(study.pruner).__name__
+        self._prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
+        self.curves: list[dict[int, float]] = []  # per seed, in order: epoch -> monitored value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.trial.params
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.trial.set_user_attr(key, value)
+
+    def start_seed(self, epochs: int) -> None:
+        """Call before each seed's training; `epochs`: trainer.epochs (the pruners' horizon)."""
+        if not self.curves:
+            self.set_user_attr("epochs", int(epochs))
+        self.curves.append({})
+
+    def pruning_callback(self, monitor: str):
+        from app.callbacks.pruning import Pruning
+
+        return Pruning(self.report, monitor, self.pruner_name)
+
+    def report(self, epoch: int, value: float) -> bool:
+        """Record the monitored `value` after `epoch` of the current seed; whether to prune."""
+        if not self.curves:
+            self.curves.append({})
+        self.curves[-1][epoch] = value
+        if len(self.curves) == 1:
+            self.trial.report(value, epoch)
+            return self._prunes and bool(self.trial.should_prune())
+        if not self._prunes:
+            return False
+        frozen = copy.copy(self.trial.storage.get_trial(self.trial._trial_id))
+        frozen.intermediate_values = mean_curve(self.curves)
+        return bool(self.study.pruner.prune(self.study, frozen))
+
+    def describe(self, status: str) -> dict[str, Any]:
+        """The trial as a run's summary records it (and W&B shows it)."""
+        return {"study": self.study_name, "number": self.number, "params": self.params,
+                "state": trial_state(status).name}
+
+
+def take_ownership(study: Any, trial_id: int) -> None:
+    """Let this process's storage cache hold the trial, as Optuna's cache does for trials a
+    process creates itself: reads then come from memory and each report is one write, instead of
+    reloading the trial from the database several times per epoch (~20 ms an epoch on SQLite,
+    as much as an epoch of the default task). Sound because, while the job runs, the job is the
+    trial's only writer: the sweeper that created it waits for the job to end before telling it.
+    Uses optuna 2.x's private `_CachedStorage` fields; without them, nothing is cached (slower,
+    equally correct)."""
+    storage = study._storage
+    studies = getattr(storage, "_studies", None)
+    if studies is None or not hasattr(storage, "read_trials_from_remote_storage"):
+        return
+    storage.read_trials_from_remote_storage(study._study_id)
+    info = studies.get(study._study_id)
+    if info is not None and hasattr(info, "owned_or_finished_trial_ids") \
+            and trial_id in getattr(storage, "_trial_id_to_study_id_and_number", {}):
+        info.owned_or_finished_trial_ids.add(trial_id)
+
+
+def mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
+    """Epoch -> mean over `curves` of the value at that epoch, for the epochs of the last curve.
+    An earlier curve that ended before an epoch contributes its last value."""
+    last = curves[-1]
+    means = {}
+    for epoch in sorted(last):
+        values = []
+        for curve in curves:
+            known = [e for e in curve if e <= epoch]
+            if known:
+                values.append(curve[max(known)])
+        means[epoch] = sum(values) / len(values)
+    return means
+
+
+def current_trial() -> OptunaTrial | None:
+    """The Optuna trial this job runs as, or None outside an Optuna sweep. Records the run dir
+    on the trial and, when trials run in parallel processes on CPU, gives each process an equal
+    share of the CPU threads."""
+    trial_id = os.environ.get(TRIAL_ENV)
+    if not trial_id:
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    info = StudyFile.read(hydra_cfg.sweep.dir)
+    if info is None:
+        log.warning("%s is set but %s/study.json is missing: not reporting to Optuna",
+                    TRIAL_ENV, hydra_cfg.sweep.dir)
+        return None
+    study = load_study(info.storage, info.study_name, pruner=info.make_pruner())
+    trial = OptunaTrial(study, int(trial_id))
+    trial.set_user_attr("run_dir", str(hydra_cfg.runtime.output_dir))
+    if info.parallel_jobs > 1:
+        share_cpu_threads(info.parallel_jobs)
+    return trial
+
+
+def share_cpu_threads(parallel_jobs: int) -> None:
+    """K processes each using every core slow each other down: give each cores // K threads."""
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,38 @@
+"""The `app_optuna` sweeper: hydra-optuna-sweeper with pruning, resumable studies and failure
+states (`hydra/sweeper=app_optuna`, chosen by the conf/hparams_search presets).
+
+Only what Hydra requires lives here: the sweeper class (Hydra instantiates sweepers from this
+namespace package only), its config schema, and the `hydra/sweeper/pruner` options. The work is
+done by `app.search.sweeper.StudySweeper`.
+"""
+from dataclasses import dataclass, field
+from typing import Any, List
+
+from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_optuna_sweeper import config as plugin_config
+from hydra_plugins.hydra_optuna_sweeper import optuna_sweeper as plugin_sweeper
+from omegaconf import MISSING
+
+from app.search.config import PRUNERS
+
+
+@dataclass
+class AppOptunaSweeperConf(plugin_config.OptunaSweeperConf):
+    _target_: str = "hydra_plugins.hydra_torch_app.optuna_sweeper.AppOptunaSweeper"
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
+    pruner: Any = MISSING  # an option of hydra/sweeper/pruner
+    n_jobs: int = 1  # trials launched at once (run in parallel with hydra/launcher=joblib)
+
+
+class AppOptunaSweeper(plugin_sweeper.OptunaSweeper):
+    def __init__(self, pruner: Any, **plugin_kwargs: Any) -> None:
+        from app.search.sweeper import StudySweeper  # imported when used: Hydra imports this module at every start
+
+        self.sweeper = StudySweeper(pruner=pruner, **plugin_kwargs)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="app_optuna", node=AppOptunaSweeperConf,
+                             provider="hydra_torch_app")
+for _name, _node in PRUNERS.items():
+    ConfigStore.instance().store(group="hydra/sweeper/pruner", name=_name, node=_node,
+                                 provider="hydra_torch_app")
