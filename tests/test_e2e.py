@@ -109,6 +109,12 @@ def test_grid_multirun_writes_jobs_and_sweep_summary(run_app, tmp_path):
     for row in rows:
         summary = json.loads((sweep_dir / row["job"] / "summary.json").read_text())
         assert float(row["objective"]) == pytest.approx(summary["objective"])
+    # the sweep report: a table of the jobs with the overrides that vary, the best, the curves
+    report = (sweep_dir / "report.md").read_text()
+    assert "| trial | state | value | epochs | duration_s | model | optimizer.lr |" in report
+    best = min(rows, key=lambda r: float(r["objective"]))
+    assert f"**Best:** trial {best['job']}," in report
+    assert (sweep_dir / "report_curves.png").stat().st_size > 0
 
 
 def test_optuna_search_runs_trials_and_persists_the_study(run_app, tmp_path):

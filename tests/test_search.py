@@ -459,3 +459,20 @@ def test_report_command_refuses_what_it_cannot_report_in_one_line(tmp_path, caps
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 4 and all(line.startswith("Error: ") for line in errors)
     assert not (tmp_path / "missing.db").exists()  # asking did not create an empty storage
+
+
+def test_storage_urls_are_stable_and_absolute(tmp_path):
+    from app.search.study import StudyFile, absolute_storage, default_storage, file_name
+
+    assert default_storage("train-regression_optuna", tmp_path) == \
+        f"sqlite:///{tmp_path.resolve()}/outputs/studies/train-regression_optuna.db"
+    assert file_name("a b/c:d") == "a_b_c_d"
+    assert absolute_storage("sqlite:///studies/x.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/studies/x.db"
+    assert absolute_storage("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    assert absolute_storage("postgresql://host/db", tmp_path) == "postgresql://host/db"
+    info = StudyFile("sqlite:////abs/x.db", "x", "minimize", {"_target_": "optuna.pruners.MedianPruner",
+                                                              "n_startup_trials": 2}, parallel_jobs=3)
+    info.write(tmp_path)
+    again = StudyFile.read(tmp_path)
+    assert again == info and isinstance(again.make_pruner(), optuna.pruners.MedianPruner)
+    assert StudyFile.read(tmp_path / "elsewhere") is None
