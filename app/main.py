@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from app import build
+from app.acceleration import check_device_options
 from app.config import ConfigError, register_configs, validate
 from app.data import DataError
 from app.device import describe, resolve_device
@@ -35,6 +36,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     task_name = task_of(cfg.data)
     validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
     device = resolve_device(cfg.device.type, cfg.device.index)
+    check_device_options(cfg.trainer.precision, device)
     write_json(run_dir / "provenance.json", provenance(describe(device), list(hydra_cfg.overrides.task)))
     build.seed_everything(cfg.seed)
 
@@ -55,6 +57,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model, optimizer, task, device=device, epochs=cfg.trainer.epochs, scheduler=scheduler,
         scheduler_interval=interval, val_every=cfg.trainer.val_every,
         monitor=cfg.trainer.monitor, mode=cfg.trainer.mode, callbacks=callbacks,
+        precision=cfg.trainer.precision, compile=cfg.trainer.compile, cuda_graph=cfg.trainer.cuda_graph,
+        grad_clip=cfg.trainer.grad_clip, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        matmul_precision=cfg.trainer.matmul_precision,
     )
     log.info("%s | %s | %d parameters | %s", data.describe(), type(model).__name__,
              sum(p.numel() for p in model.parameters()), describe(device))
