@@ -133,10 +133,11 @@ class GraphedStep:
     """Replays training steps as CUDA graphs: one launch instead of hundreds of small kernel
     launches, which is what small models on a GPU wait on.
 
-    Wraps the Trainer's `train_step(x, y, window, update) -> detached loss []`: forward and
-    backward of one batch and, with `update`, clip + optimizer step + zeroing the gradients.
-    A step is run eagerly the first time its key is seen, captured the second time, replayed
-    after that. The key is the batch's shapes and dtypes, `window`, `update` and, for updates,
+    Wraps the Trainer's `train_step(x, y, window, first, update) -> detached loss []`: forward,
+    zeroing the gradients (`first` of a window), backward of one batch and, with `update`,
+    clip + optimizer step. A step is run eagerly the first time its key is seen, captured the
+    second time, replayed after that. The key is the batch's shapes and dtypes, `window`,
+    `first`, `update` and, for updates,
     the optimizer's scalar settings (betas, weight decay, ...), which a graph bakes in: the
     partial last batch of an epoch gets its own graph.
 
@@ -156,7 +157,7 @@ class GraphedStep:
     syncs with the host, say), it warns once and runs everything eagerly from then on.
     """
 
-    def __init__(self, train_step: Callable[[Tensor, Tensor, int, bool], Tensor],
+    def __init__(self, train_step: Callable[[Tensor, Tensor, int, bool, bool], Tensor],
                  optimizer: torch.optim.Optimizer, device: torch.device) -> None:
         # A weak reference: the trainer owns this object, and a cycle would keep its graphs'
         # memory alive until a garbage collection (see `_capture` for why those must not run).
@@ -175,23 +176,23 @@ class GraphedStep:
         self._graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
         self.captures = 0  # graphs captured so far (tests and benchmarks read it)
 
-    def step(self, x: Tensor, y: Tensor, window: int, update: bool) -> Tensor:
+    def step(self, x: Tensor, y: Tensor, window: int, first: bool, update: bool) -> Tensor:
         if not self.enabled:
-            return self._train_step()(x, y, window, update)
+            return self._train_step()(x, y, window, first, update)
         settings = self._optimizer_settings() if update else None
         if update and settings != self._settings:  # update graphs of older settings are stale
             self._settings = settings
             self._graphs = {k: v for k, v in self._graphs.items() if not k[-2]}
             self._seen = {k for k in self._seen if not k[-2]}
-        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, window, update, settings)
+        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, window, first, update, settings)
         entry = self._graphs.get(key)
         if entry is None:
             if key not in self._seen:
                 self._seen.add(key)
-                return self._eager(x, y, window, update)
-            entry = self._capture(key, x, y, window, update)
+                return self._eager(x, y, window, first, update)
+            entry = self._capture(key, x, y, window, first, update)
             if entry is None:
-                return self._train_step()(x, y, window, update)
+                return self._train_step()(x, y, window, first, update)
         graph, static_x, static_y, loss = entry
         static_x.copy_(x)
         static_y.copy_(y)
@@ -213,18 +214,18 @@ class GraphedStep:
                 self._lr[i].fill_(group["lr"])
                 self._lr_values[i] = group["lr"]
 
-    def _eager(self, x: Tensor, y: Tensor, window: int, update: bool) -> Tensor:
+    def _eager(self, x: Tensor, y: Tensor, window: int, first: bool, update: bool) -> Tensor:
         current = torch.cuda.current_stream(self.device)
         self._side.wait_stream(current)
         with torch.cuda.stream(self._side), warnings.catch_warnings():
             # Adam & co. warn when a capturable instance steps outside a capture; here that is
             # the plan (the first step with new settings), not a misconfiguration.
             warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
-            loss = self._train_step()(x, y, window, update)
+            loss = self._train_step()(x, y, window, first, update)
         current.wait_stream(self._side)
         return loss
 
-    def _capture(self, key: Hashable, x: Tensor, y: Tensor, window: int, update: bool):
+    def _capture(self, key: Hashable, x: Tensor, y: Tensor, window: int, first: bool, update: bool):
         """Capture (not run) a step on the side stream into a new graph; None if that failed.
 
         Uses capture_begin/capture_end rather than `torch.cuda.graph`, whose entry synchronizes
@@ -246,7 +247,7 @@ class GraphedStep:
             with torch.cuda.stream(self._side):
                 graph.capture_begin(capture_error_mode="thread_local")
                 try:
-                    loss = self._train_step()(static_x, static_y, window, update)
+                    loss = self._train_step()(static_x, static_y, window, first, update)
                 finally:
                     graph.capture_end()
         except Exception as error:

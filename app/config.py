@@ -91,7 +91,7 @@ class AdamConf:
     eps: float = 1e-8
     weight_decay: float = 0.0
     foreach: Optional[bool] = None  # None: torch's choice (multi-tensor kernels on GPUs)
-    fused: Optional[bool] = None  # true: one fused kernel per step (fastest on GPUs)
+    fused: Optional[bool] = True  # one kernel per step on CPU, CUDA, MPS (false: torch's default)
 
 
 @dataclass
@@ -347,6 +347,9 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
             list(opt.betas),
             "two numbers in [0, 1), e.g. [0.9, 0.999]",
         )
+    _check(not (opt.get("fused") and opt.get("foreach")), "optimizer.foreach", True,
+           "false or null while optimizer.fused=true (set optimizer.fused=false to use foreach)",
+           "fused and foreach are two different implementations of the step")
     if "momentum" in opt:
         _check(
             _finite(opt.momentum) and 0 <= opt.momentum < 1,

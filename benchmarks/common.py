@@ -29,10 +29,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="timed samples per variant (median)")
     p.add_argument("--quick", action="store_true", help="a tiny budget: checks the script runs, "
                    "its figures mean nothing")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's "
+                   "choice); 1 keeps a busy machine from oversubscribing its cores")
     return p
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, threads: int | None = None) -> torch.device:
+    if threads:
+        torch.set_num_threads(threads)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

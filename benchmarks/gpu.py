@@ -112,7 +112,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     args = p.parse_args()
-    device = pick_device(args.device)
+    device = pick_device(args.device, args.threads)
     if device.type != "cuda":
         print("gpu.py measures a CUDA GPU; none here")
         if args.quick:  # the script's own code paths, on the CPU, for the test suite

@@ -117,11 +117,14 @@ def lightning_reference(workload: Workload, device, epochs: int, repeats: int) -
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    device = pick_device(args.device)
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=None, help="epochs per timed sample (default 3 for "
+                   "the default task, 1 for the wide MLP)")
+    args = p.parse_args()
+    device = pick_device(args.device, args.threads)
     repeats = args.repeats or (3 if args.quick else 31)
-    workloads = [(DEFAULT_TASK, 1 if args.quick else 3),
-                 (Workload("wide MLP (4x512)", nodes=512), 1)]
+    workloads = [(DEFAULT_TASK, args.epochs or (1 if args.quick else 3)),
+                 (Workload("wide MLP (4x512)", nodes=512), args.epochs or 1)]
     if args.quick:
         workloads = [(Workload(w.name, nodes=w.nodes, n_samples=1000), e) for w, e in workloads]
 

@@ -66,11 +66,13 @@ def run(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    device = pick_device(args.device)
+    device = pick_device(args.device, args.threads)
     repeats = args.repeats or (1 if args.quick else 9)
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("HYDRA_FULL_ERROR", None)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     py = sys.executable
     header("Startup: python -m app (one epoch) vs python -c 'import torch'", device)
 

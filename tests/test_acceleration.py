@@ -287,3 +287,16 @@ def test_no_host_sync_per_step_with_speed_options(monkeypatch, options):
     trainer.fit(batches, batches)
     monkeypatch.undo()
     assert calls["tolist"] == 3
+
+
+def test_adam_and_adamw_are_fused_by_default_and_bad_combinations_are_config_errors(compose_cfg):
+    from app import build
+
+    model = mlp()
+    for name in ("adamw", "adam"):
+        optimizer = build.build_optimizer(compose_cfg(f"optimizer={name}"), model)
+        assert optimizer.defaults["fused"] is True
+    plain = build.build_optimizer(compose_cfg("optimizer.fused=false", "optimizer.foreach=true"), model)
+    assert (plain.defaults["fused"], plain.defaults["foreach"]) == (False, True)
+    with pytest.raises(ConfigError, match=r"`optimizer.foreach`.*optimizer.fused=false"):
+        validate(compose_cfg("optimizer.foreach=true"))  # fused (the default) and foreach

@@ -130,6 +130,29 @@ def test_no_garbage_collection_during_a_capture():
     assert gc.isenabled()
 
 
+def test_a_step_that_cannot_be_captured_warns_and_trains_eagerly():
+    class ReadsBack(nn.Linear):
+        def forward(self, x):
+            if x.sum().item() > 1e30:  # a host read: not capturable
+                x = x * 0
+            return super().forward(x)
+
+    def run(cuda_graph):
+        torch.manual_seed(0)
+        model = ReadsBack(3, 1).cuda()
+        trainer = Trainer(model, torch.optim.AdamW(model.parameters()), REGRESSION,
+                          device=torch.device("cuda"), epochs=2, cuda_graph=cuda_graph)
+        trainer.fit(*batches())
+        return trainer
+
+    with pytest.warns(RuntimeWarning, match="capturing the training step failed"):
+        graphed = run(True)
+    assert not graphed.graphed.enabled
+    eager = run(False)
+    for a, b in zip(losses(graphed), losses(eager), strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
 @pytest.mark.parametrize("options, captures", [
     ({}, 2),  # the full batch and the epoch's partial last batch, captured once for all epochs
     ({"fused": True}, 2),
