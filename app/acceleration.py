@@ -137,9 +137,8 @@ class GraphedStep:
     zeroing the gradients (`first` of a window), backward of one batch and, with `update`,
     clip + optimizer step. A step is run eagerly the first time its key is seen, captured the
     second time, replayed after that. The key is the batch's shapes and dtypes, `window`,
-    `first`, `update` and, for updates,
-    the optimizer's scalar settings (betas, weight decay, ...), which a graph bakes in: the
-    partial last batch of an epoch gets its own graph.
+    `first`, `update` and, for updates, the optimizer's scalar settings (betas, weight decay,
+    ...), which a graph bakes in: the partial last batch of an epoch gets its own graph.
 
     The learning rate is not baked in where the optimizer can read it from device memory
     (`capturable` or `fused` ones: Adam, AdamW, ...): during a capture each param group's lr is
