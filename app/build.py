@@ -94,7 +94,7 @@ def build_batches(
     """Train (shuffled, seeded from `seed`), validation and test batch iterators."""
     t = cfg.trainer
     eval_bs = t.eval_batch_size or 4 * t.batch_size
-    common = dict(device=device, on_device=t.data_on_device, pin_memory=device.type == "cuda")
+    common = dict(device=device, on_device=t.data_on_device, pin_memory=t.pin_memory and device.type == "cuda")
     train = TensorBatches(data.train, t.batch_size, shuffle=True, seed=cfg.seed, **common)
     val = TensorBatches(data.val, eval_bs, shuffle=False, **common)
     test = TensorBatches(data.test, eval_bs, shuffle=False, **common) if data.test is not None else None

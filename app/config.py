@@ -40,6 +40,13 @@ class TrainerConf:
     checkpoint_every: int = 1  # write checkpoints/last.pt every N epochs (and at the end)
     keep_last_k: int = 0  # also keep checkpoints/epoch-NNNN.pt of the last k of those (0: none)
     data_on_device: bool = True  # keep in-memory data on the device and batch by index
+    pin_memory: bool = True  # host-resident data on CUDA: pinned memory, asynchronous copies
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (autocast; 16-mixed adds a GradScaler)
+    compile: bool = False  # torch.compile the model (falls back to eager with a warning)
+    cuda_graph: bool = False  # replay the training step as CUDA graphs (CUDA only)
+    grad_clip: float = 0.0  # clip the gradients' global L2 norm to this; 0: off
+    accumulate_grad_batches: int = 1  # optimizer step every N batches (loss divided by N)
+    matmul_precision: str = "highest"  # highest | high (TF32) | medium: float32 matmuls
 
 
 @dataclass
@@ -84,6 +91,8 @@ class AdamConf:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    foreach: Optional[bool] = None  # None: torch's choice (multi-tensor kernels on GPUs)
+    fused: Optional[bool] = True  # one kernel per step on CPU, CUDA, MPS (false: torch's default)
 
 
 @dataclass
@@ -101,6 +110,8 @@ class SGDConf:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    foreach: Optional[bool] = None
+    fused: Optional[bool] = None
 
 
 @dataclass
@@ -263,6 +274,8 @@ MODES = ("min", "max")
 DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
 WANDB_MODES = ("offline", "online", "disabled")
 INTERVALS = ("epoch", "step")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 def _check(ok: bool, key: str, value: Any, accepted: str, reason: str = "") -> None:
@@ -309,6 +322,15 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     if t.eval_batch_size is not None:
         _positive_int(cfg, "trainer.eval_batch_size")
     _check(t.mode in MODES, "trainer.mode", t.mode, " or ".join(MODES))
+    _check(str(t.precision) in PRECISIONS, "trainer.precision", t.precision, ", ".join(PRECISIONS))
+    _check(t.matmul_precision in MATMUL_PRECISIONS, "trainer.matmul_precision", t.matmul_precision,
+           ", ".join(MATMUL_PRECISIONS))
+    _check(_finite(t.grad_clip) and t.grad_clip >= 0, "trainer.grad_clip", t.grad_clip,
+           "a finite number >= 0 (the largest global gradient L2 norm; 0 turns clipping off)")
+    _positive_int(cfg, "trainer.accumulate_grad_batches")
+    _check(not (t.cuda_graph and str(t.precision) == "16-mixed"), "trainer.precision", t.precision,
+           "32 or bf16-mixed with trainer.cuda_graph=true",
+           "the GradScaler of 16-mixed decides on the host whether to step, which a CUDA graph cannot replay")
 
     es = cfg.early_stopping
     if es.enabled:
@@ -337,6 +359,9 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
             list(opt.betas),
             "two numbers in [0, 1), e.g. [0.9, 0.999]",
         )
+    _check(not (opt.get("fused") and opt.get("foreach")), "optimizer.foreach", True,
+           "false or null while optimizer.fused=true (set optimizer.fused=false to use foreach)",
+           "fused and foreach are two different implementations of the step")
     if "momentum" in opt:
         _check(
             _finite(opt.momentum) and 0 <= opt.momentum < 1,

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from app import build, preflight, resume
+from app.acceleration import check_device_options
 from app.config import ConfigError, register_configs, validate
 from app.data import DataError
 from app.device import describe, resolve_device
@@ -40,6 +41,7 @@ def train(cfg: DictConfig, run_dir: Path, trial: OptunaTrial | None = None) -> d
     task_name = task_of(cfg.data)
     validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
     device = resolve_device(cfg.device.type, cfg.device.index)
+    check_device_options(cfg.trainer.precision, device)
     resumption = resume.prepare(cfg, run_dir) if cfg.resume else None
     if resumption is not None and resumption.finished is not None:
         log.info(resumption.message)
@@ -71,6 +73,9 @@ def train(cfg: DictConfig, run_dir: Path, trial: OptunaTrial | None = None) -> d
         model, optimizer, task, device=device, epochs=cfg.trainer.epochs, scheduler=scheduler,
         scheduler_interval=interval, val_every=cfg.trainer.val_every,
         monitor=cfg.trainer.monitor, mode=cfg.trainer.mode, callbacks=callbacks,
+        precision=cfg.trainer.precision, compile=cfg.trainer.compile, cuda_graph=cfg.trainer.cuda_graph,
+        grad_clip=cfg.trainer.grad_clip, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        matmul_precision=cfg.trainer.matmul_precision,
     )
     checkpoint = next(cb for cb in callbacks if isinstance(cb, build.Checkpoint))
     if resumption is not None:

@@ -7,17 +7,22 @@ plugs in through `app.callbacks.Callback` hooks; the loop does not know them.
 
 Losses and metrics accumulate as sums on the device and are read back once per epoch, so the
 loop never forces a host-device synchronisation per step.
+
+Speed options (mixed precision, torch.compile, CUDA graphs, gradient clipping and accumulation)
+change what one step does, not the shape of the loop; their helpers live in `app.acceleration`.
 """
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from app import acceleration
 from app.callbacks.base import Callback, improves
 from app.tasks import Task
 
@@ -49,6 +54,15 @@ class Trainer:
         scheduler_interval: "epoch" (after each epoch) or "step" (after each optimizer step).
         val_every: validate every N epochs (and always after the last epoch).
         monitor, mode: the metric that defines "best" (e.g. val_loss, min).
+        precision: "32", "bf16-mixed" or "16-mixed" (autocast; 16-mixed also scales the loss).
+        compile: run the model through `torch.compile` (eager, with a warning, where it fails).
+        cuda_graph: replay forward, backward and optimizer step as CUDA graphs (CUDA only;
+            elsewhere it warns and runs eagerly). See `acceleration.GraphedStep`.
+        grad_clip: clip the global L2 norm of the gradients to this before each step; 0: off.
+        accumulate_grad_batches: step the optimizer (and a step-interval scheduler) once every N
+            batches; each batch's loss is divided by the number of batches in its window.
+        matmul_precision: float32 matmul precision during fit/evaluate ("highest", "high" =
+            TF32, "medium"); None leaves torch's setting alone.
     """
 
     def __init__(
@@ -65,6 +79,12 @@ class Trainer:
         monitor: str = "val_loss",
         mode: str = "min",
         callbacks: Sequence[Callback] = (),
+        precision: str = "32",
+        compile: bool = False,
+        cuda_graph: bool = False,
+        grad_clip: float = 0.0,
+        accumulate_grad_batches: int = 1,
+        matmul_precision: str | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -79,6 +99,31 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.metric_names = task.metric_names()
         self._plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        self.precision = str(precision)
+        self.grad_clip = grad_clip
+        self.accumulate = accumulate_grad_batches
+        self.matmul_precision = matmul_precision
+        self.graphed: acceleration.GraphedStep | None = None
+        if cuda_graph and device.type != "cuda":
+            warnings.warn(f"trainer.cuda_graph needs a CUDA device, not {device.type}; training "
+                          "continues without CUDA graphs", RuntimeWarning, stacklevel=2)
+        elif cuda_graph:
+            if self.precision == "16-mixed":
+                raise ValueError("cuda_graph does not work with precision 16-mixed (its GradScaler "
+                                 "decides on the host whether to step); use bf16-mixed")
+            acceleration.make_capturable(optimizer)
+            self.graphed = acceleration.GraphedStep(self.train_step, optimizer, device)
+        # `self.model` stays the module itself (checkpoints save its state_dict); `self.forward`
+        # is what the loop calls: the module, or its compiled version.
+        self.forward = acceleration.CompiledModule(model) if compile else model
+        self.autocast = acceleration.autocast_context(device, self.precision,
+                                                      cache_enabled=self.graphed is None)
+        self.scaler = acceleration.grad_scaler(device, self.precision)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # Gradients are freed right before a window's first backward, which then reuses their
+        # memory (freed any earlier, the next forward takes it: measurably slower on CPUs).
+        # CUDA graphs that accumulate across batches replay into the same buffers: zeroed.
+        self._grads_to_none = self.graphed is None or self.accumulate == 1
         # Loop state, visible to callbacks.
         self.epoch = 0  # epochs completed
         self.best: float | None = None
@@ -123,6 +168,10 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, train: Batches, val: Batches | None) -> FitResult:
         """Train for the remaining epochs; return the monitored metric's best and last values."""
+        with acceleration.matmul_precision(self.matmul_precision):
+            return self._fit(train, val)
+
+    def _fit(self, train: Batches, val: Batches | None) -> FitResult:
         self.model.to(self.device)
         self.train_batches = train
         self._emit("on_fit_start")
@@ -191,15 +240,51 @@ class Trainer:
         self.model.train()
         loss_sum = torch.zeros(1, device=self.device)
         step_scheduler = self.scheduler is not None and self.scheduler_interval == "step"
-        for x, y in batches:
-            loss = self.task.loss(self.model(x), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+        train_step = self.graphed.step if self.graphed is not None else self.train_step
+        k = self.accumulate
+        n_batches = len(batches) if hasattr(batches, "__len__") else None
+        i = 0
+        for i, (x, y) in enumerate(batches, start=1):
+            # Batches in this accumulation window: k, or fewer in the epoch's last window.
+            window = k if n_batches is None else min(k, n_batches - (i - 1) // k * k)
+            first, update = (i - 1) % k == 0, i % k == 0 or i == n_batches
+            loss = train_step(x, y, window, first, update)
+            loss_sum += loss * y.shape[0]
+            if update and step_scheduler:
+                self.scheduler.step()
+        if n_batches is None and i % k != 0:  # an iterable of unknown length: step what is left
+            self.optimizer_step()
             if step_scheduler:
                 self.scheduler.step()
-            loss_sum += loss.detach() * y.shape[0]
         return loss_sum
+
+    def train_step(self, x: Tensor, y: Tensor, window: int = 1, first: bool = True,
+                   update: bool = True) -> Tensor:
+        """One batch: forward, zero the gradients if it is the `first` of its accumulation
+        window, backward (adding to `.grad`), and with `update` clip and step. Returns the
+        detached batch-mean loss.
+
+        The loss is divided by `window` (the batches accumulated into one optimizer step), so
+        the step follows the mean gradient of the window."""
+        with self.autocast:
+            loss = self.task.loss(self.forward(x), y)
+        if first:
+            self.optimizer.zero_grad(set_to_none=self._grads_to_none)
+        self.scaler.scale(loss / window if window > 1 else loss).backward()
+        if update:
+            self.optimizer_step()
+        return loss.detach()
+
+    def optimizer_step(self) -> None:
+        """Clip (optionally) and step. No host sync: the clip norm is not read back, and
+        non-finite gradients surface as a non-finite loss at the epoch's end."""
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            # foreach=None: multi-tensor kernels wherever the device has them (CPU and CUDA do).
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, error_if_nonfinite=False,
+                                           foreach=None)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     @torch.no_grad()
     def _eval_sums(self, batches: Batches) -> Tensor:
@@ -207,7 +292,9 @@ class Trainer:
         self.model.eval()
         sums = torch.zeros(1 + len(self.task.metrics), device=self.device)
         for x, y in batches:
-            out = self.model(x)
+            with self.autocast:
+                out = self.forward(x)
+            out = out.float()  # loss and metrics in float32 whatever the autocast dtype
             parts = [self.task.loss(out, y) * y.shape[0]]
             parts += [fn(out, y) for fn in self.task.metrics.values()]
             sums += torch.stack([p.float() for p in parts])
@@ -215,7 +302,8 @@ class Trainer:
 
     def evaluate(self, batches: Batches, prefix: str = "test") -> dict[str, float]:
         """Loss and task metrics over `batches` as `{prefix}_loss`, `{prefix}_<metric>`."""
-        values = self._eval_sums(batches).tolist()
+        with acceleration.matmul_precision(self.matmul_precision):
+            values = self._eval_sums(batches).tolist()
         names = ["loss", *self.task.metrics]
         return {f"{prefix}_{name}": v / batches.num_samples for name, v in zip(names, values)}
 

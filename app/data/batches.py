@@ -87,7 +87,9 @@ class TensorBatches:
             return
 
         perm = torch.randperm(self._n, generator=self._generator)
-        perm = perm.to(self._x.device)  # one small copy per epoch, then indexing stays local
+        # One small copy per epoch, then indexing stays local; non_blocking: without it a
+        # copy from pageable memory waits for the device (a host sync per epoch).
+        perm = perm.to(self._x.device, non_blocking=True)
         for start in range(0, stop, self.batch_size):
             idx = perm[start : start + self.batch_size]
             xb, yb = self._x.index_select(0, idx), self._y.index_select(0, idx)

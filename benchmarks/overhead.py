@@ -1,0 +1,157 @@
+"""Trainer overhead: the app's `Trainer` vs a minimal hand-written loop (benchmarks/baselines.py)
+on the same model, initial weights, data, batch order and number of steps.
+
+Both keep the data on the device, sum losses on the device and read them once per epoch, and
+validate every epoch. Each timed sample is `--epochs` epochs of one of them; samples alternate
+between the two, and the ratio is the median of the paired ratios (trainer / hand-written).
+Lightning's Trainer on the same work is a reference row when `lightning` is installed.
+
+    python benchmarks/overhead.py               # cuda if available, else cpu
+    python benchmarks/overhead.py --device cpu
+"""
+from __future__ import annotations
+
+import math
+
+from common import ROOT  # noqa: F401  (puts the repository on sys.path)
+from common import (DEFAULT_TASK, Workload, alternate, finish, header, median, parser, pick_device,
+                    spread, table, timed)
+
+import torch  # noqa: E402
+
+from app.tasks import TASKS  # noqa: E402
+from app.trainer import Trainer  # noqa: E402
+from baselines import HandWrittenLoop  # noqa: E402
+
+TARGET = 1.03
+REGRESSION = TASKS["regression"]
+
+
+def build(workload: Workload, device, total_epochs: int):
+    data = workload.data()
+    model = workload.model(seed=0).to(device)
+    optimizer = workload.optimizer(model)
+    scheduler = workload.scheduler(optimizer, total_epochs)
+    train, val = workload.batches(data, device)
+    return model, optimizer, scheduler, train, val
+
+
+def measure(workload: Workload, device, epochs: int, repeats: int):
+    total = epochs * (repeats + 1)
+    model, optimizer, scheduler, train, val = build(workload, device, total)
+    trainer = Trainer(model, optimizer, REGRESSION, device=device, epochs=0, scheduler=scheduler)
+
+    model_b, optimizer_b, scheduler_b, train_b, val_b = build(workload, device, total)
+    loop = HandWrittenLoop(model_b, optimizer_b, scheduler_b, REGRESSION.loss,
+                           REGRESSION.metrics["mae"], train_b, val_b, device)
+
+    def run_trainer() -> float:
+        trainer.epochs += epochs
+        return timed(lambda: trainer.fit(train, val), device) / epochs
+
+    def run_loop() -> float:
+        return timed(lambda: loop.run(epochs), device) / epochs
+
+    run_trainer(), run_loop()  # warm-up: allocator, kernels, first-call paths
+    samples = alternate({"trainer": run_trainer, "hand-written": run_loop}, repeats)
+    ratios = [a / b for a, b in zip(samples["trainer"], samples["hand-written"])]
+
+    # Same work: the two must have produced the same losses, epoch by epoch.
+    a = [[h["train_loss"], h["val_loss"], h["val_mae"]] for h in trainer.history]
+    b = loop.history
+    assert len(a) == len(b), (len(a), len(b))
+    diff = max(abs(u - v) / max(abs(v), 1e-12) for ra, rb in zip(a, b) for u, v in zip(ra, rb))
+    return samples, ratios, diff, len(train)
+
+
+def lightning_reference(workload: Workload, device, epochs: int, repeats: int) -> float | None:
+    """Median seconds per epoch of the same work under lightning.Trainer, or None without it."""
+    try:
+        import lightning as L
+    except ImportError:
+        return None
+    import time
+
+    model, optimizer, scheduler, train, val = build(workload, device, epochs * (repeats + 1))
+    loss_fn, metric_fn = REGRESSION.loss, REGRESSION.metrics["mae"]
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return loss_fn(self.net(x), y)
+
+        def validation_step(self, batch, _):
+            x, y = batch
+            out = self.net(x)
+            return torch.stack([loss_fn(out, y) * y.shape[0], metric_fn(out, y)])
+
+        def configure_optimizers(self):
+            return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    times: list[float] = []
+
+    class EpochTimer(L.Callback):
+        def on_train_epoch_start(self, *_):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            self.started = time.perf_counter()
+
+        def on_validation_epoch_end(self, trainer, *_):
+            if trainer.sanity_checking:
+                return
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - self.started)
+
+    trainer = L.Trainer(
+        max_epochs=epochs * (repeats + 1), accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[EpochTimer()],
+    )
+    trainer.fit(Module(), train_dataloaders=train, val_dataloaders=val)
+    return median(times[epochs:])  # the first `epochs` epochs are warm-up
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=None, help="epochs per timed sample (default 3 for "
+                   "the default task, 1 for the wide MLP)")
+    args = p.parse_args()
+    device = pick_device(args.device, args.threads)
+    repeats = args.repeats or (3 if args.quick else 31)
+    workloads = [(DEFAULT_TASK, args.epochs or (1 if args.quick else 3)),
+                 (Workload("wide MLP (4x512)", nodes=512), args.epochs or 1)]
+    if args.quick:
+        workloads = [(Workload(w.name, nodes=w.nodes, n_samples=1000), e) for w, e in workloads]
+
+    header("Trainer overhead vs a hand-written loop", device)
+    rows, worst = [], 0.0
+    for workload, epochs in workloads:
+        samples, ratios, diff, steps = measure(workload, device, epochs, repeats)
+        ratio = median(ratios)
+        worst = max(worst, ratio)
+        rows.append([workload.name, device.type, steps, median(samples["hand-written"]),
+                     median(samples["trainer"]), f"{ratio:.3f}", spread(ratios),
+                     "identical" if diff == 0 else f"max rel. diff {diff:.1e}"])
+        lightning = None
+        if not args.quick:
+            try:
+                lightning = lightning_reference(workload, device, epochs, repeats)
+            except Exception as error:  # a reference row only: report and go on
+                print(f"lightning reference failed: {type(error).__name__}: {error}")
+        if lightning is not None:
+            rows.append([f"{workload.name}, lightning.Trainer (reference)", device.type, steps,
+                         median(samples["hand-written"]), lightning,
+                         f"{lightning / median(samples['hand-written']):.3f}", "-", "-"])
+    table(["workload", "device", "steps/epoch", "hand-written s/epoch", "trainer s/epoch",
+           "ratio", "IQR", "losses"], rows)
+    print(f"{repeats} alternating samples per loop; ratio = median of paired trainer/hand-written ratios")
+    finish(worst if math.isfinite(worst) else float("inf"), TARGET)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The speed options end to end through `python -m app`, what a run imports, and the benchmark
+scripts with a tiny `--quick` budget (so they keep running; their figures are not checked)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FAST, ROOT, run_dirs
+
+pytestmark = pytest.mark.slow
+
+
+def test_app_trains_with_cpu_speed_options(run_app, tmp_path):
+    run_app(*FAST, "trainer.precision=bf16-mixed", "trainer.grad_clip=1.0",
+            "trainer.accumulate_grad_batches=2", "trainer.matmul_precision=high",
+            "trainer.cuda_graph=true", check=True)  # cuda_graph on a CPU: a warning, then eager
+    [run_dir] = run_dirs(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 3
+
+
+def test_float16_on_cpu_is_a_config_error(run_app):
+    proc = run_app(*FAST, "trainer.precision=16-mixed")
+    assert proc.returncode == 2
+    assert "Error: Invalid value for `trainer.precision`: '16-mixed'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_run_imports_no_optional_heavy_package(tmp_path):
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['app', *{FAST!r}, 'hydra.run.dir={tmp_path}/run']\n"
+        "try:\n    runpy.run_module('app', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'optuna', 'matplotlib', 'wandb', 'pandas', 'scipy', 'sqlalchemy'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "WANDB_SILENT": "true"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("script", ["overhead.py", "data_path.py", "startup.py", "gpu.py"])
+def test_benchmark_script_runs_and_ends_with_its_ratio(script):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("ratio=") and " target=" in lines[-1]
+    assert any(line.startswith("| ") for line in lines)  # the table

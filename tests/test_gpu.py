@@ -1,0 +1,245 @@
+"""Trainer speed options on a CUDA GPU: no host sync per step (counted by CUDA's sync debug
+mode), CUDA-graph replay matching eager training, torch.compile through inductor, float16 with
+a GradScaler, pinned host data. Skipped where there is no CUDA device."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from app.callbacks import Callback, Checkpoint
+from app.data import Split, TensorBatches
+from app.tasks import TASKS
+from app.trainer import Trainer
+from tests.conftest import run_dirs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+REGRESSION = TASKS["regression"]
+
+
+def data(n=1000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    return Split(x, torch.sin(x.sum(dim=1, keepdim=True)) + 0.1 * torch.randn(n, 1, generator=g))
+
+
+def batches(on_device=True, batch_size=64):  # 1000 = 15 x 64 + 40: a partial last batch
+    cuda = torch.device("cuda")
+    train = TensorBatches(data(), batch_size, device=cuda, shuffle=True, seed=1, on_device=on_device,
+                          pin_memory=True)
+    val = TensorBatches(data(300, seed=1), 128, device=cuda, shuffle=False, on_device=on_device,
+                        pin_memory=True)
+    return train, val
+
+
+def make(epochs=4, fused=False, scheduler="cosine", sgd=False, **options):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 1)).cuda()
+    if sgd:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=fused or None)
+    interval = "epoch"
+    if scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    elif scheduler == "per-step":
+        scheduler, interval = torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.99), "step"
+    return Trainer(model, optimizer, REGRESSION, device=torch.device("cuda"), epochs=epochs,
+                   scheduler=scheduler, scheduler_interval=interval, **options)
+
+
+def losses(trainer):
+    return [[h["train_loss"], h["val_loss"], h["val_mae"]] for h in trainer.history]
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"precision": "bf16-mixed"},
+    {"grad_clip": 1.0, "accumulate_grad_batches": 3},
+    {"precision": "16-mixed", "fused": True},  # a fused optimizer takes the scale: no found_inf read
+    {"cuda_graph": True},
+    {"cuda_graph": True, "fused": True, "precision": "bf16-mixed", "grad_clip": 1.0},
+    {"on_device": False},
+])
+def test_one_host_sync_per_epoch(options):
+    options = dict(options)
+    train, val = batches(on_device=options.pop("on_device", True))
+    trainer = make(epochs=3, **options)
+    trainer.fit(train, val)  # first fit: warm-up, captures
+    trainer.epochs += 3
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.fit(train, val)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "called a synchronizing CUDA operation" in str(w.message)]
+    assert trainer.graphed is None or trainer.graphed.enabled  # no capture fell back to eager
+    assert len(syncs) == 3, [f"{w.filename}:{w.lineno} {w.message}" for w in syncs]
+    assert all(math.isfinite(v) for row in losses(trainer) for v in row)
+
+
+def assert_same_training(graphed, eager, tolerance=1e-4):
+    for a, b in zip(losses(graphed), losses(eager), strict=True):
+        assert a == pytest.approx(b, rel=tolerance)
+    for p, q in zip(graphed.model.parameters(), eager.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=tolerance, atol=tolerance)
+
+
+def train_both(**options):
+    train, val = batches()
+    eager = make(**options)
+    eager.fit(train, val)
+    train, val = batches()
+    graphed = make(cuda_graph=True, **options)
+    graphed.fit(train, val)
+    assert graphed.graphed.enabled
+    return graphed, eager
+
+
+def test_no_garbage_collection_during_a_capture():
+    """A collection during a capture that frees another trainer's CUDA graph (an earlier job of
+    a sweep, say) invalidates the capture; GraphedStep keeps the collector off meanwhile."""
+    import gc
+
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 1)
+
+        def forward(self, x):
+            seen.append((torch.cuda.is_current_stream_capturing(), gc.isenabled()))
+            return self.linear(x)
+
+    train, val = batches()
+    model = Probe().cuda()
+    trainer = Trainer(model, torch.optim.AdamW(model.parameters()), REGRESSION, device=torch.device("cuda"),
+                      epochs=2, cuda_graph=True)
+    trainer.fit(train, val)
+    assert trainer.graphed.captures == 2 and trainer.graphed.enabled
+    assert (True, False) in seen and (True, True) not in seen
+    assert gc.isenabled()
+
+
+def test_a_step_that_cannot_be_captured_warns_and_trains_eagerly():
+    class ReadsBack(nn.Linear):
+        def forward(self, x):
+            if x.sum().item() > 1e30:  # a host read: not capturable
+                x = x * 0
+            return super().forward(x)
+
+    def run(cuda_graph):
+        torch.manual_seed(0)
+        model = ReadsBack(3, 1).cuda()
+        trainer = Trainer(model, torch.optim.AdamW(model.parameters()), REGRESSION,
+                          device=torch.device("cuda"), epochs=2, cuda_graph=cuda_graph)
+        trainer.fit(*batches())
+        return trainer
+
+    with pytest.warns(RuntimeWarning, match="capturing the training step failed"):
+        graphed = run(True)
+    assert not graphed.graphed.enabled
+    eager = run(False)
+    for a, b in zip(losses(graphed), losses(eager), strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
+@pytest.mark.parametrize("options, captures", [
+    ({}, 2),  # the full batch and the epoch's partial last batch, captured once for all epochs
+    ({"fused": True}, 2),
+    ({"scheduler": "per-step"}, 2),  # the lr is read from device memory: new lrs need no capture
+    ({"grad_clip": 0.5, "accumulate_grad_batches": 2}, 3),  # + a graph without the update
+    ({"precision": "bf16-mixed"}, 2),
+])
+def test_cuda_graph_training_matches_eager(options, captures):
+    graphed, eager = train_both(**options)
+    assert graphed.graphed.captures == captures
+    assert_same_training(graphed, eager, 2e-2 if options.get("precision") else 1e-4)
+
+
+@pytest.mark.parametrize("scheduler, captures", [("cosine", 4), ("per-step", 0)])
+def test_cuda_graph_with_an_optimizer_that_bakes_in_its_lr(scheduler, captures):
+    # SGD takes no device lr: each new lr costs an eager step and, if it repeats, a capture.
+    graphed, eager = train_both(sgd=True, scheduler=scheduler)
+    assert graphed.graphed.captures == captures
+    assert_same_training(graphed, eager)
+
+
+def test_compile_with_inductor_matches_eager_and_checkpoints_plain_keys(tmp_path):
+    train, val = batches()
+    eager = make(epochs=2)
+    eager.fit(train, val)
+    train, val = batches()
+    checkpoint = Checkpoint(tmp_path)
+    compiled = make(epochs=2, compile=True, callbacks=[checkpoint])
+    compiled.fit(train, val)
+    assert compiled.forward.compiled is not None  # inductor worked: no fallback
+    for a, b in zip(losses(compiled), losses(eager), strict=True):
+        assert a == pytest.approx(b, rel=1e-3)
+    state = torch.load(checkpoint.last_path, weights_only=False)["model"]
+    assert set(state) == set(eager.model.state_dict())
+
+
+def test_compile_and_cuda_graph_together():
+    train, val = batches()
+    eager = make(epochs=2, precision="bf16-mixed")
+    eager.fit(train, val)
+    train, val = batches()
+    both = make(epochs=2, precision="bf16-mixed", compile=True, cuda_graph=True, fused=True)
+    both.fit(train, val)
+    assert both.forward.compiled is not None and both.graphed.enabled and both.graphed.captures == 2
+    for a, b in zip(losses(both), losses(eager), strict=True):
+        assert a == pytest.approx(b, rel=5e-2)
+
+
+def test_float16_uses_a_grad_scaler_and_learns():
+    train, val = batches()
+    trainer = make(epochs=5, precision="16-mixed")
+    trainer.fit(train, val)
+    assert trainer.scaler.is_enabled()
+    assert trainer.history[-1]["val_loss"] < 0.5 * trainer.history[0]["val_loss"]
+
+
+def test_matmul_precision_high_turns_on_tf32_during_fit():
+    seen = []
+
+    class Record(Callback):
+        def on_epoch_end(self, trainer, metrics):
+            seen.append(torch.backends.cuda.matmul.allow_tf32)
+
+    train, val = batches()
+    make(epochs=1, matmul_precision="high", callbacks=[Record()]).fit(train, val)
+    assert seen == [True]
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_pinned_host_data_trains_like_device_data():
+    train, val = batches(on_device=False)
+    assert train._pin
+    host = make(epochs=2)
+    host.fit(train, val)
+    train, val = batches()
+    device = make(epochs=2)
+    device.fit(train, val)
+    for a, b in zip(losses(host), losses(device), strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_app_runs_with_gpu_options(run_app, tmp_path):
+    run_app("device=cuda", "logger=none", "trainer.epochs=3", "data.n_samples=2000",
+            "trainer.precision=bf16-mixed", "trainer.cuda_graph=true", "optimizer.fused=true",
+            "trainer.grad_clip=1.0", "trainer.matmul_precision=high", "trainer.progress_bar=false",
+            check=True)
+    [run_dir] = run_dirs(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and math.isfinite(summary["best"])
