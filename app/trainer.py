@@ -155,6 +155,8 @@ class Trainer:
             "stop_reason": self.stop_reason,
             "stop_message": self.stop_message,
             "history": [dict(metrics) for metrics in self.history],
+            # float16 loss scale and its growth tracker (empty unless precision=16-mixed)
+            "grad_scaler": self.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -164,6 +166,8 @@ class Trainer:
         self.should_stop, self.stop_reason = state["should_stop"], state["stop_reason"]
         self.stop_message = state["stop_message"]
         self.history = [dict(metrics) for metrics in state["history"]]
+        if state.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["grad_scaler"])
 
     # ------------------------------------------------------------------ the loop
     def fit(self, train: Batches, val: Batches | None) -> FitResult:

@@ -300,3 +300,23 @@ def test_adam_and_adamw_are_fused_by_default_and_bad_combinations_are_config_err
     assert (plain.defaults["fused"], plain.defaults["foreach"]) == (False, True)
     with pytest.raises(ConfigError, match=r"`optimizer.foreach`.*optimizer.fused=false"):
         validate(compose_cfg("optimizer.foreach=true"))  # fused (the default) and foreach
+
+
+def test_grad_scaler_state_travels_with_the_trainer_state():
+    """A resumed 16-mixed run continues with the loss scale it had, not the initial one."""
+    from app.tasks import TASKS
+    from app.trainer import Trainer
+
+    def trainer():
+        model = torch.nn.Linear(2, 1)
+        t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), TASKS["regression"],
+                    device=torch.device("cpu"), epochs=1)
+        t.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
+        return t
+
+    first = trainer()
+    first.scaler.scale(torch.tensor(1.0))  # the scale tensor is created lazily
+    first.scaler.update(new_scale=8.0)
+    second = trainer()
+    second.load_state_dict(first.state_dict())
+    assert second.scaler.get_scale() == 8.0
