@@ -105,7 +105,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
-        if not rows:
+        if not rows and not (sweep_dir / "study.json").exists():  # a resumed study may run no job
             return
         from app.report import report_sweep
 
