@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from app.records import read_json
-from app.sweep import collect, format_table
+from app.sweep import collect, format_cell, format_table
 
 log = logging.getLogger(__name__)
 REPORT_FILE = "report.md"
@@ -71,11 +71,7 @@ class Report:
 
 # ----------------------------------------------------------------------------- building
 def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return format_cell(value, digits=4)
 
 
 def _params_text(row: dict[str, Any], names: list[str]) -> str:

@@ -67,18 +67,19 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
 def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     """A plain-text table for the terminal."""
     columns = columns or ["job", "status", "objective", "epochs_run", "overrides"]
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[format_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any, digits: int = 6) -> str:
+    """A table cell: empty for None, floats to `digits` significant digits."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
