@@ -229,6 +229,9 @@ class Config:
     resume: Optional[str] = None  # a run directory to continue (app/resume.py)
     resume_force: bool = False  # resume even with overrides that change the result
     preflight: bool = False  # check that one training step works, then exit (app/preflight.py)
+    # Module prefixes whose `_target_`s a config may build, besides app, torch and optuna
+    # (app/targets.py): e.g. [my_lab] for `_target_: my_lab.models.Net`.
+    trusted_modules: List[str] = field(default_factory=list)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -261,12 +264,12 @@ def sweep_direction(mode: str) -> str:
 def register_configs() -> None:
     """Store the root schema as `base_config` and each option's schema as `schema/<group>/<name>`;
     register the `sweep_direction` resolver used by the Optuna presets."""
-    OmegaConf.register_new_resolver("sweep_direction", sweep_direction, replace=True)
+    OmegaConf.register_resolver("sweep_direction", sweep_direction, replace=True)
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
+    cs.store(name="base_config", node=Config, replace=True)
     for group, options in SCHEMAS.items():
         for name, node in options.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+            cs.store(group=f"schema/{group}", name=name, node=node, replace=True)
 
 
 # ----------------------------------------------------------------------------- semantic checks

@@ -24,17 +24,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _below(version: str | None, bound: tuple[int, ...]) -> bool:
-    """Whether `version` ("1.4.52") is lower than `bound` ((2,))."""
-    if version is None:
-        return False
-    parts = []
-    for piece in version.split(".")[: len(bound)]:
-        digits = "".join(c for c in piece if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts) < bound
-
-
 def torch_rows() -> list[Row]:
     try:
         import torch
@@ -70,13 +59,22 @@ def package_rows() -> list[Row]:
         version = _version(package)
         status = "OK" if version else ("FAIL" if needed else "WARN")
         rows.append((package, status, version or "not installed"))
-    sqlalchemy, alembic = _version("sqlalchemy"), _version("alembic")
     if _version("optuna"):
-        ok = sqlalchemy and _below(sqlalchemy, (2,)) and (alembic is None or _below(alembic, (1, 14)))
-        rows.append(("sweep storage", "OK" if ok else "WARN",
-                     f"sqlalchemy {sqlalchemy}, alembic {alembic}" +
-                     ("" if ok else ": Optuna 2.10's SQLite storage needs sqlalchemy<2 and alembic<1.14")))
+        rows.append(("sweep storage", "INFO", f"sqlalchemy {_version('sqlalchemy')} (SQLite/PostgreSQL studies)"))
+    rows.append(sweeper_row())
+    dashboard = _version("optuna-dashboard")
+    rows.append(("optuna-dashboard", "OK" if dashboard else "INFO",
+                 dashboard or "not installed: pip install '.[dashboard]' for live views of sweeps"))
     return rows
+
+
+def sweeper_row() -> Row:
+    """Whether Hydra can find the `app_optuna` sweeper: through the package's entry point."""
+    found = [ep for ep in metadata.entry_points(group="hydra.plugins") if ep.name == "app_optuna"]
+    if not found:
+        return ("app_optuna sweeper", "WARN",
+                "no `hydra.plugins` entry point: install the project (pip install -e .) to run Optuna sweeps")
+    return ("app_optuna sweeper", "OK", f"entry point {found[0].value}")
 
 
 def wandb_rows(conf_dir: Path) -> list[Row]:

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from app import build, preflight, resume
+from app import build, preflight, resume, targets
 from app.acceleration import check_device_options
 from app.config import ConfigError, register_configs, validate
 from app.data import DataError
@@ -38,7 +38,7 @@ def train(cfg: DictConfig, run_dir: Path, trial: OptunaTrial | None = None) -> d
     """Run one experiment in `run_dir`; return its summary (also written to summary.json).
     `trial`: the Optuna trial this run is part of (reports to it, may be pruned by it)."""
     hydra_cfg = HydraConfig.get()
-    task_name = task_of(cfg.data)
+    task_name = task_of(cfg.data, cfg.trusted_modules)
     validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
     device = resolve_device(cfg.device.type, cfg.device.index)
     check_device_options(cfg.trainer.precision, device)
@@ -117,13 +117,15 @@ def train(cfg: DictConfig, run_dir: Path, trial: OptunaTrial | None = None) -> d
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+# The whitelist covers what Hydra itself builds (hydra.callbacks, logging); the app's own builds
+# add the config's `trusted_modules` (app/targets.py).
+@hydra.main(config_path=str(CONF_DIR), config_name="config", execution_whitelist=list(targets.patterns()))
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.preflight:  # only when app.launch left it to Hydra (e.g. with --config-name)
         sys.exit(preflight.run_and_report(cfg))
     try:
-        trial = current_trial()
+        trial = current_trial(cfg.trusted_modules)
         summary = train_seeds(cfg, run_dir, train, trial) if cfg.seeds else train(cfg, run_dir, trial)
         return summary["objective"]
     except (ConfigError, DataError, RuntimeError) as caught:

@@ -148,7 +148,7 @@ def run(cfg: DictConfig) -> Report:
     device = torch.device("cpu")
     try:
         with report.check("config") as row:
-            task_name = task_of(cfg.data)
+            task_name = task_of(cfg.data, cfg.trusted_modules)
             validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
             row.detail = (f"data={cfg.data._target_.rsplit('.', 1)[-1]} model={cfg.model._target_.rsplit('.', 1)[-1]} "
                           f"optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} "
@@ -276,7 +276,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
     register_configs()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR)):
             return compose("config", overrides=overrides)
     except HydraException as error:
         raise ConfigError("overrides", " ".join(overrides), "overrides `python -m app` accepts",

@@ -223,8 +223,8 @@ def edge_warning(name: str, value: Any, space: tuple | None) -> str | None:
 
 
 def importances(study: Any) -> tuple[dict[str, float], str]:
-    """Optuna's parameter importances (mean decrease in impurity of a random forest fitted to
-    the completed trials; Optuna's default fANOVA evaluator fails with numpy 2)."""
+    """Optuna's fANOVA parameter importances: the share of the objective's variance each
+    parameter explains, from a random forest (scikit-learn) fitted to the completed trials."""
     import optuna
     from optuna.trial import TrialState
 
@@ -232,8 +232,9 @@ def importances(study: Any) -> tuple[dict[str, float], str]:
     if len(completed) < 2:
         return {}, f"need 2 or more completed trials, have {len(completed)}"
     try:
-        evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), ""
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        return {name: float(value) for name, value in found.items()}, ""
     except (ValueError, RuntimeError, ImportError) as error:
         return {}, f"unavailable ({error})"
 

@@ -21,7 +21,7 @@ def compose_cfg():
     """compose_cfg(*overrides) -> the composed job config (no Hydra run)."""
 
     def _compose(*overrides: str):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF)):
             return compose("config", overrides=list(overrides), return_hydra_config=False)
 
     return _compose

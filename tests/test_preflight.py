@@ -71,7 +71,7 @@ def test_default_config_passes_every_check(compose_cfg):
     ],
 )
 def test_broken_steps_fail_at_the_check_that_catches_them(compose_cfg, model, check, words):
-    report = preflight.run(compose_cfg(*FAST, f"model._target_=tests.test_preflight.{model}"))
+    report = preflight.run(compose_cfg(*FAST, f"model._target_=tests.test_preflight.{model}", "trusted_modules=[tests]"))
     assert failure(report).name == check
     assert words in failure(report).detail
     assert report.exit_code() == 1
@@ -88,7 +88,8 @@ def test_invalid_config_fails_at_config_with_exit_2(compose_cfg):
 def test_deterministic_mode_names_the_refusing_op(compose_cfg):
     try:
         report = preflight.run(compose_cfg(*FAST, "deterministic=true",
-                                           "model._target_=tests.test_preflight.NonDeterministicOp"))
+                                           "model._target_=tests.test_preflight.NonDeterministicOp",
+                                           "trusted_modules=[tests]"))
     finally:
         set_deterministic(False)
     assert failure(report).name == "forward"
@@ -121,6 +122,7 @@ def test_doctor_reports_versions_and_writable_outputs(tmp_path, capsys):
     assert rows["outputs/"][0] == "OK" and "writable" in rows["outputs/"][1]
     assert list(tmp_path.iterdir()) == []  # it created nothing
     assert rows.get("cuda", rows.get("cuda:0"))[0] in ("INFO", "OK")
+    assert rows["app_optuna sweeper"] == ("OK", "entry point app.search.plugin:AppOptunaSweeper")
 
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")

@@ -26,9 +26,9 @@ from app.search import sweeper as sweeper_module
 from app.search.pruners import CurveExtrapolationPruner, extrapolate
 from app.search.study import TRIAL_ENV, rdb_storage
 from app.search.sweeper import (
-    OWNER_ATTR,
     StudySweeper,
     abandoned,
+    claim,
     gpu_assignments,
     outcome_from_summary,
 )
@@ -230,7 +230,7 @@ def make_sweeper(tmp_path, n_trials=4, n_jobs=1, params="interval(0, 1)", launch
     sweeper = StudySweeper(
         pruner=optuna.pruners.NopPruner(), sampler=optuna.samplers.RandomSampler(seed=seed),
         direction="minimize", storage=None, study_name="unit", n_trials=n_trials, n_jobs=n_jobs,
-        max_failure_rate=max_failure_rate, search_space=None, custom_search_space=None,
+        max_failure_rate=max_failure_rate, custom_search_space=None,
         params=OmegaConf.create({"x": params}),
     )
     sweeper.config = OmegaConf.create({
@@ -249,7 +249,7 @@ def make_sweeper(tmp_path, n_trials=4, n_jobs=1, params="interval(0, 1)", launch
 
 
 def stored_study(tmp_path, name="unit"):
-    return optuna.load_study(name, storage=rdb_storage(f"sqlite:///{tmp_path}/outputs/studies/{name}.db"))
+    return optuna.load_study(study_name=name, storage=rdb_storage(f"sqlite:///{tmp_path}/outputs/studies/{name}.db"))
 
 
 def test_sweeper_tells_states_from_run_dirs_and_names_run_dirs_after_trials(tmp_path):
@@ -301,15 +301,16 @@ def test_interrupted_trials_are_failed_and_retried_with_the_same_parameters(tmp_
     study = stored_study(tmp_path)
     dead = subprocess.Popen(["true"])
     dead.wait()
+    study.enqueue_trial({"x": 0.3})  # a value the fake launcher completes (x > 0.9 "diverges")
     orphan = study.ask()
     orphan.suggest_float("x", 0, 1)
-    orphan.set_system_attr(OWNER_ATTR, {"host": socket.gethostname(), "pid": dead.pid, "started": 0})
+    claim(study, orphan, {"host": socket.gethostname(), "pid": dead.pid, "started": 0})
     run_dir = tmp_path / "orphan_run"
     run_dir.mkdir()
     orphan.set_user_attr("run_dir", str(run_dir))
     live = study.ask()  # a trial of a sweep that is still running (this test's parent process)
     live.suggest_float("x", 0, 1)
-    live.set_system_attr(OWNER_ATTR, {"host": socket.gethostname(), "pid": os.getppid(), "started": 0})
+    claim(study, live, {"host": socket.gethostname(), "pid": os.getppid(), "started": 0})
 
     make_sweeper(tmp_path, n_trials=3).sweep([])
     trials = stored_study(tmp_path).trials
@@ -476,3 +477,15 @@ def test_storage_urls_are_stable_and_absolute(tmp_path):
     again = StudyFile.read(tmp_path)
     assert again == info and isinstance(again.make_pruner(), optuna.pruners.MedianPruner)
     assert StudyFile.read(tmp_path / "elsewhere") is None
+
+
+def test_sweeper_refuses_an_untrusted_sampler_before_it_runs(tmp_path, capsys):
+    sweeper = make_sweeper(tmp_path)
+    sweeper.sampler = OmegaConf.create({"_target_": "os.makedirs", "name": str(tmp_path / "made_by_sampler")})
+    with pytest.raises(SystemExit) as exit_info:
+        sweeper.sweep([])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "`hydra.sweeper.sampler._target_`" in message and "trusted_modules" in message
+    assert not (tmp_path / "made_by_sampler").exists()
+    assert not (tmp_path / "outputs" / "studies").exists()  # refused before any storage was made

@@ -24,7 +24,7 @@ STUDY = "train-regression_optuna"
 
 
 def load(tmp_path, name=STUDY):
-    return optuna.load_study(name, storage=f"sqlite:///{tmp_path / 'outputs' / 'studies' / f'{name}.db'}")
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'outputs' / 'studies' / f'{name}.db'}")
 
 
 def summary_of(run_dir):

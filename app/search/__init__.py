@@ -3,7 +3,7 @@
 The pieces, in the order a sweep meets them:
 
 - `config`: the `hydra/sweeper/pruner` options (schemas stored in Hydra's ConfigStore by the
-  `hydra_plugins.hydra_torch_app` plugin package, which holds only what Hydra insists on).
+  `plugin` module, which Hydra finds through an entry point and imports at every start).
 - `sweeper.StudySweeper`: hydra-optuna-sweeper's ask -> launch -> tell loop, extended: studies
   stored in SQLite by default and resumed, trials told COMPLETE / PRUNED / FAIL from what the
   job's run dir says, interrupted trials recovered and retried, GPUs assigned round-robin.

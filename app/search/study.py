@@ -16,7 +16,7 @@ import re
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 STUDY_FILE = "study.json"
 TRIAL_ENV = "APP_OPTUNA_TRIAL_ID"  # set for each job (hydra.job.env_set): the Optuna trial id
@@ -137,7 +137,7 @@ class StudyFile:
         data = json.loads(path.read_text())
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
-    def make_pruner(self):
-        from hydra.utils import instantiate
+    def make_pruner(self, trusted_modules: Iterable[str] = ()):
+        from app import targets
 
-        return instantiate(self.pruner)
+        return targets.instantiate(self.pruner, "hydra.sweeper.pruner", trusted_modules)

@@ -31,20 +31,21 @@ import os
 import socket
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from app import targets
 from app.config import ConfigError
 from app.records import read_json, write_json
+from app.search.internals import storage as storage_of
+from app.search.internals import trial_id
 from app.search.study import (
     TRIAL_ENV,
     StudyFile,
@@ -99,12 +100,21 @@ def run_dir_of(ret: JobReturn) -> Path | None:
         return None
 
 
+def job_error(ret: JobReturn) -> BaseException:
+    """The exception a failed job raised (`JobReturn.return_value` re-raises it)."""
+    try:
+        ret.return_value
+    except BaseException as error:  # noqa: B036 - a job may have ended with KeyboardInterrupt
+        return error
+    return RuntimeError("the job failed")
+
+
 def job_outcome(ret: JobReturn) -> Outcome:
     run_dir = run_dir_of(ret)
     summary_path = run_dir / "summary.json" if run_dir is not None else None
     summary = read_json(summary_path) if summary_path is not None and summary_path.exists() else None
     if ret.status == JobStatus.FAILED:
-        error = ret._return_value
+        error = job_error(ret)
         epochs = summary.get("epochs_run") if summary else None
         return Outcome(TrialState.FAIL, None, "failed", f"{type(error).__name__}: {error}", epochs,
                        isinstance(error, KeyboardInterrupt))
@@ -117,6 +127,11 @@ def owner() -> dict[str, Any]:
 
 
 _STARTED = time.time()
+
+
+def claim(study: Any, trial: Any, who: dict[str, Any] | None = None) -> None:
+    """Record which sweep process (default: this one) runs `trial`."""
+    storage_of(study).set_trial_system_attr(trial_id(trial), OWNER_ATTR, who or owner())
 
 
 def process_alive(pid: int) -> bool:
@@ -160,13 +175,31 @@ def gpu_assignments(batch_size: int, gpu_count: int) -> list[int | None]:
 
 
 class StudySweeper(OptunaSweeperImpl):
-    """See the module docstring. `pruner`: an Optuna pruner (from `hydra/sweeper/pruner`)."""
+    """See the module docstring. `sampler`, `pruner`: Optuna objects, or the config nodes of
+    `hydra/sweeper/sampler` and `hydra/sweeper/pruner` (built when the sweep starts, through the
+    app's target whitelist); `custom_search_space`: the plugin's option, built the same way."""
 
-    def __init__(self, pruner: Any, **plugin_kwargs: Any) -> None:
-        super().__init__(**plugin_kwargs)
-        self.pruner = pruner if pruner is not None else optuna.pruners.NopPruner()
+    def __init__(self, sampler: Any, pruner: Any = None, custom_search_space: str | None = None,
+                 **plugin_kwargs: Any) -> None:
+        super().__init__(sampler=sampler, custom_search_space=None, **plugin_kwargs)
+        self.pruner = pruner
+        self.custom_search_space = custom_search_space
         if self.n_jobs < 1:
             raise ConfigError("hydra.sweeper.n_jobs", self.n_jobs, "an integer >= 1")
+
+    def _build(self, node: Any, key: str, **kwargs: Any) -> Any:
+        """An object from a config node of the sweeper (anything else is returned as it is)."""
+        if not isinstance(node, (DictConfig, dict)):
+            return node
+        trusted = [*(self.config.get("trusted_modules", None) or []), "hydra_plugins.hydra_optuna_sweeper"]
+        return targets.instantiate(node, key, trusted, **kwargs)
+
+    def _build_plugin_objects(self) -> None:
+        self.sampler = self._build(self.sampler, "hydra.sweeper.sampler")
+        self.pruner = self._build(self.pruner, "hydra.sweeper.pruner") or optuna.pruners.NopPruner()
+        if self.custom_search_space:
+            self.custom_search_space_extender = self._build(
+                {"_target_": self.custom_search_space, "_partial_": True}, "hydra.sweeper.custom_search_space")
 
     # ------------------------------------------------------------------ the loop
     def sweep(self, arguments: list[str]) -> None:
@@ -177,7 +210,8 @@ class StudySweeper(OptunaSweeperImpl):
             sys.exit(2)
 
     def _sweep(self, arguments: list[str]) -> None:
-        space, fixed, is_grid = self._search_space(arguments)
+        self._build_plugin_objects()
+        space, fixed, fixed_overrides, is_grid = self._search_space(arguments)
         directions = self._get_directions()
         if len(directions) != 1:
             raise ConfigError("hydra.sweeper.direction", list(directions), "minimize or maximize",
@@ -218,10 +252,10 @@ class StudySweeper(OptunaSweeperImpl):
                 break
             trials = [study.ask() for _ in range(min(to_go, self.n_jobs))]
             for trial in trials:
-                trial.set_system_attr(OWNER_ATTR, owner())
-            overrides = self._configure_trials(trials, space, fixed)
+                claim(study, trial)
+            overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
             jobs = [
-                (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}",
+                (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial_id(trial)}",
                  *([f"device.index={gpu}"] if gpu is not None else []))
                 for trial, job, gpu in zip(trials, overrides, gpu_assignments(len(trials), gpus))
             ]
@@ -244,13 +278,12 @@ class StudySweeper(OptunaSweeperImpl):
         self._write_results(self._open())
 
     # ------------------------------------------------------------------ pieces of the loop
-    def _search_space(self, arguments: list[str]) -> tuple[dict, dict, bool]:
-        """The plugin's parsing of `hydra.sweeper.params` and command-line sweeps."""
+    def _search_space(self, arguments: list[str]) -> tuple[dict, dict, list[str], bool]:
+        """The plugin's parsing of `hydra.sweeper.params` and command-line sweeps: the search
+        space, the fixed parameters, the fixed overrides (deletions, `~key`), grid or not."""
         self._process_searchspace_config()
         params_conf = self._parse_sweeper_params_config() + list(arguments)
-        distributions, fixed = create_params_from_overrides(params_conf)
-        space = dict(self.search_space_distributions or {})
-        space.update(distributions)
+        space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
         is_grid = (isinstance(self.sampler, functools.partial)
                    and self.sampler.func == optuna.samplers.GridSampler)
         if is_grid:
@@ -260,7 +293,7 @@ class StudySweeper(OptunaSweeperImpl):
             log.info("Grid sampler: n_trials = %d (the grid's size, at most)", self.n_trials)
         for name in fixed:
             space.pop(name, None)
-        return space, fixed, is_grid
+        return space, fixed, fixed_overrides, is_grid
 
     def _open(self):
         return load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler)
@@ -293,7 +326,7 @@ class StudySweeper(OptunaSweeperImpl):
 
     def _recover(self, study) -> None:
         """Settle RUNNING trials whose sweep process is gone and queue retries of interrupted ones."""
-        storage = study._storage
+        storage = storage_of(study)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner_attr = trial.system_attrs.get(OWNER_ATTR)
             if not abandoned(owner_attr):
@@ -313,19 +346,14 @@ class StudySweeper(OptunaSweeperImpl):
                 if summary_path is not None and summary_path.parent.is_dir():
                     write_json(summary_path, {"status": "failed", "error": reason, "interrupted": True})
                 log.warning("Trial %d: %s; it will be run again", trial.number, reason)
-            self._record(storage, trial._trial_id, outcome, run_dir)
+            self._record(storage, trial_id(trial), outcome, run_dir)
             self._finish(study, trial.number, outcome)
         trials = study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get("retry_of") for t in trials}
         for trial in trials:
             if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted") \
                     and trial.number not in retried and trial.params:
-                with warnings.catch_warnings():  # add_trial is "experimental" in optuna 2.x
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    study.add_trial(optuna.trial.create_trial(
-                        state=TrialState.WAITING, system_attrs={"fixed_params": trial.params},
-                        user_attrs={"retry_of": trial.number},
-                    ))
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
                 log.info("Trial %d (interrupted) queued again with the same parameters", trial.number)
 
     def _reseed_sampler(self, existing_trials: int) -> None:
@@ -333,7 +361,7 @@ class StudySweeper(OptunaSweeperImpl):
         seed by the number of trials the study already has (deterministic for a given study)."""
         node = self.config.hydra.sweeper.sampler
         if node is not None and node.get("seed") is not None:
-            self.sampler = instantiate(node, seed=int(node.seed) + existing_trials)
+            self.sampler = self._build(node, "hydra.sweeper.sampler", seed=int(node.seed) + existing_trials)
 
     def _gpus_to_share(self, parallel: int) -> int:
         """GPUs to spread concurrent trials over: 0 unless trials run in parallel processes, the
@@ -380,7 +408,7 @@ class StudySweeper(OptunaSweeperImpl):
 
     def _tell(self, study, trial, ret: JobReturn) -> Outcome:
         outcome = job_outcome(ret)
-        self._record(study._storage, trial._trial_id, outcome, run_dir_of(ret))
+        self._record(storage_of(study), trial_id(trial), outcome, run_dir_of(ret))
         self._finish(study, trial.number, outcome)
         line = f"Trial {trial.number}: {outcome.state.name}"
         if outcome.value is not None:
@@ -396,7 +424,7 @@ class StudySweeper(OptunaSweeperImpl):
         interrupted and will be retried by the next run of the command."""
         study = self._open()
         for trial in trials:
-            frozen = study._storage.get_trial(trial._trial_id)
+            frozen = storage_of(study).get_trial(trial_id(trial))
             if frozen.state != TrialState.RUNNING:
                 continue
             run_dir = frozen.user_attrs.get("run_dir")
@@ -407,7 +435,7 @@ class StudySweeper(OptunaSweeperImpl):
             else:
                 outcome = Outcome(TrialState.FAIL, None, "failed",
                                   f"interrupted: the sweep stopped ({type(error).__name__})", interrupted=True)
-            self._record(study._storage, trial._trial_id, outcome, run_dir)
+            self._record(storage_of(study), trial_id(trial), outcome, run_dir)
             self._finish(study, trial.number, outcome)
 
     def _write_results(self, study) -> None:

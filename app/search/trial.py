@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from typing import Any
+from typing import Any, Iterable
 
+from app.search.internals import trial_id
 from app.search.study import TRIAL_ENV, StudyFile, load_study, trial_state
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ class OptunaTrial:
         import optuna
 
         self.study = study
-        take_ownership(study, trial_id)
         self.trial = optuna.trial.Trial(study, trial_id)
         self.number = self.trial.number
         self.study_name = study.study_name
@@ -66,7 +66,7 @@ class OptunaTrial:
             return self._prunes and bool(self.trial.should_prune())
         if not self._prunes:
             return False
-        frozen = copy.copy(self.trial.storage.get_trial(self.trial._trial_id))
+        frozen = copy.copy(self.trial.storage.get_trial(trial_id(self.trial)))
         frozen.intermediate_values = mean_curve(self.curves)
         return bool(self.study.pruner.prune(self.study, frozen))
 
@@ -74,25 +74,6 @@ class OptunaTrial:
         """The trial as a run's summary records it (and W&B shows it)."""
         return {"study": self.study_name, "number": self.number, "params": self.params,
                 "state": trial_state(status).name}
-
-
-def take_ownership(study: Any, trial_id: int) -> None:
-    """Let this process's storage cache hold the trial, as Optuna's cache does for trials a
-    process creates itself: reads then come from memory and each report is one write, instead of
-    reloading the trial from the database several times per epoch (~20 ms an epoch on SQLite,
-    as much as an epoch of the default task). Sound because, while the job runs, the job is the
-    trial's only writer: the sweeper that created it waits for the job to end before telling it.
-    Uses optuna 2.x's private `_CachedStorage` fields; without them, nothing is cached (slower,
-    equally correct)."""
-    storage = study._storage
-    studies = getattr(storage, "_studies", None)
-    if studies is None or not hasattr(storage, "read_trials_from_remote_storage"):
-        return
-    storage.read_trials_from_remote_storage(study._study_id)
-    info = studies.get(study._study_id)
-    if info is not None and hasattr(info, "owned_or_finished_trial_ids") \
-            and trial_id in getattr(storage, "_trial_id_to_study_id_and_number", {}):
-        info.owned_or_finished_trial_ids.add(trial_id)
 
 
 def mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
@@ -110,7 +91,7 @@ def mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
     return means
 
 
-def current_trial() -> OptunaTrial | None:
+def current_trial(trusted_modules: Iterable[str] = ()) -> OptunaTrial | None:
     """The Optuna trial this job runs as, or None outside an Optuna sweep. Records the run dir
     on the trial and, when trials run in parallel processes on CPU, gives each process an equal
     share of the CPU threads."""
@@ -125,7 +106,7 @@ def current_trial() -> OptunaTrial | None:
         log.warning("%s is set but %s/study.json is missing: not reporting to Optuna",
                     TRIAL_ENV, hydra_cfg.sweep.dir)
         return None
-    study = load_study(info.storage, info.study_name, pruner=info.make_pruner())
+    study = load_study(info.storage, info.study_name, pruner=info.make_pruner(trusted_modules))
     trial = OptunaTrial(study, int(trial_id))
     trial.set_user_attr("run_dir", str(hydra_cfg.runtime.output_dir))
     if info.parallel_jobs > 1:

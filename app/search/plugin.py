@@ -1,9 +1,10 @@
-"""The `app_optuna` sweeper: hydra-optuna-sweeper with pruning, resumable studies and failure
-states (`hydra/sweeper=app_optuna`, chosen by the conf/hparams_search presets).
+"""The `app_optuna` sweeper as Hydra sees it: hydra-optuna-sweeper with pruning, resumable
+studies and failure states (`hydra/sweeper=app_optuna`, chosen by the conf/hparams_search presets).
 
-Only what Hydra requires lives here: the sweeper class (Hydra instantiates sweepers from this
-namespace package only), its config schema, and the `hydra/sweeper/pruner` options. The work is
-done by `app.search.sweeper.StudySweeper`.
+Hydra finds this class through the `hydra.plugins` entry point in pyproject.toml (so editable and
+regular installs both work) and imports this module at every start: it stays cheap (no optuna,
+no torch). It holds what Hydra needs: the sweeper class, its config schema and the
+`hydra/sweeper/pruner` options. The work is done by `app.search.sweeper.StudySweeper`.
 """
 from dataclasses import dataclass, field
 from typing import Any, List
@@ -18,21 +19,23 @@ from app.search.config import PRUNERS
 
 @dataclass
 class AppOptunaSweeperConf(plugin_config.OptunaSweeperConf):
-    _target_: str = "hydra_plugins.hydra_torch_app.optuna_sweeper.AppOptunaSweeper"
+    _target_: str = "app.search.plugin.AppOptunaSweeper"
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: Any = MISSING  # an option of hydra/sweeper/pruner
     n_jobs: int = 1  # trials launched at once (run in parallel with hydra/launcher=joblib)
 
 
 class AppOptunaSweeper(plugin_sweeper.OptunaSweeper):
-    def __init__(self, pruner: Any, **plugin_kwargs: Any) -> None:
+    def __init__(self, **plugin_kwargs: Any) -> None:
         from app.search.sweeper import StudySweeper  # imported when used: Hydra imports this module at every start
 
-        self.sweeper = StudySweeper(pruner=pruner, **plugin_kwargs)
+        # The sampler and pruner arrive as config nodes; StudySweeper builds them once it knows
+        # the run's `trusted_modules` (app/targets.py).
+        self.sweeper = StudySweeper(**plugin_kwargs)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="app_optuna", node=AppOptunaSweeperConf,
-                             provider="hydra_torch_app")
+                             provider="hydra_torch_app", replace=True)
 for _name, _node in PRUNERS.items():
     ConfigStore.instance().store(group="hydra/sweeper/pruner", name=_name, node=_node,
-                                 provider="hydra_torch_app")
+                                 provider="hydra_torch_app", replace=True)
