@@ -13,10 +13,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from app import faults
+from app import faults, targets
 from app.callbacks import Callback, Checkpoint, CSVLogger, EarlyStopping, ProgressLogger
 from app.config import ConfigError
 from app.data import DataError, DataSplits, TensorBatches
@@ -61,7 +60,7 @@ def building(group: str, node: DictConfig) -> Iterator[None]:
 
 def build_data(cfg: DictConfig) -> DataSplits:
     with building("data", cfg.data):
-        data = instantiate(cfg.data)
+        data = targets.instantiate(cfg.data, "data", cfg.trusted_modules)
     if not isinstance(data, DataSplits):
         raise ConfigError("data._target_", cfg.data._target_, "a function returning app.data.DataSplits")
     return data
@@ -69,12 +68,13 @@ def build_data(cfg: DictConfig) -> DataSplits:
 
 def build_model(cfg: DictConfig, data: DataSplits) -> torch.nn.Module:
     with building("model", cfg.model):
-        return instantiate(cfg.model, in_features=data.in_features, out_features=data.out_features)
+        return targets.instantiate(cfg.model, "model", cfg.trusted_modules,
+                                   in_features=data.in_features, out_features=data.out_features)
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     with building("optimizer", cfg.optimizer):
-        return instantiate(cfg.optimizer)(model.parameters())
+        return targets.instantiate(cfg.optimizer, "optimizer", cfg.trusted_modules)(model.parameters())
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> tuple[Any, str]:
@@ -85,7 +85,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> tuple[
     for key in SCHEDULER_TRAINER_KEYS:
         node.pop(key)
     with building("scheduler", cfg.scheduler):
-        return instantiate(node)(optimizer), cfg.scheduler.interval
+        return targets.instantiate(node, "scheduler", cfg.trusted_modules)(optimizer), cfg.scheduler.interval
 
 
 def build_batches(
@@ -115,8 +115,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, run_name: str, group: str | 
     ]
     if cfg.logger is not None:
         with building("logger", cfg.logger):
-            logger = instantiate(
-                cfg.logger,
+            logger = targets.instantiate(
+                cfg.logger, "logger", cfg.trusted_modules,
                 dir=str(run_dir),
                 name=cfg.logger.get("name") or run_name,
                 group=cfg.logger.get("group") or group,

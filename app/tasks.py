@@ -7,7 +7,7 @@ are sample-weighted averages whatever the batch sizes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -53,18 +53,18 @@ TASKS: dict[str, Task] = {
 }
 
 
-def task_of(data_cfg) -> str | None:
+def task_of(data_cfg, trusted_modules: Iterable[str] = ()) -> str | None:
     """The task a data config produces, known before the data is made: its `task` key, or the
     `task` attribute of its builder function; None when neither says."""
     if data_cfg is None:
         return None
     if "task" in data_cfg:
         return data_cfg.task
-    from hydra.utils import get_method
+    from app import targets
 
     try:
-        return getattr(get_method(data_cfg._target_), "task", None)
-    except Exception:  # an unimportable target is reported when the data is built
+        return getattr(targets.locate(data_cfg._target_, "data._target_", trusted_modules), "task", None)
+    except Exception:  # an untrusted or unimportable target is reported when the data is built
         return None
 
 
