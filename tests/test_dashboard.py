@@ -1,0 +1,57 @@
+"""optuna-dashboard (the `dashboard` extra) serves the app's studies: the live view of a sweep."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_search import make_sweeper
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def test_optuna_dashboard_serves_a_study_with_trials_and_importances(tmp_path):
+    # The console script installed beside this interpreter (a venv's bin/), else on PATH.
+    script = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or shutil.which("optuna-dashboard")
+    if script is None:
+        pytest.skip("optuna-dashboard is not installed (the `dashboard` extra)")
+    sweeper = make_sweeper(tmp_path, n_trials=6, params="interval(0, 0.9)")
+    sweeper.sweep([])
+    port = _free_port()
+    server = subprocess.Popen([script, sweeper.url, "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        printed = []
+        for line in server.stdout:  # "Listening on ..." is printed once the socket is bound
+            printed.append(line)
+            if "Listening on" in line:
+                break
+        assert printed and "Listening on" in printed[-1], "".join(printed)
+        studies = _get(port, "/api/studies")["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["unit"]
+        study = _get(port, f"/api/studies/{studies[0]['study_id']}")
+        assert len(study["trials"]) == 6
+        assert {t["state"] for t in study["trials"]} == {"Complete"}
+        importances = _get(port, f"/api/studies/{studies[0]['study_id']}/param_importances")
+        assert [item["name"] for item in importances["param_importances"][0]] == ["x"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
