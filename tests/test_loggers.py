@@ -370,3 +370,45 @@ def test_mlflow_processes_starting_at_once_on_a_fresh_store_share_one_parent(tmp
     assert all(proc.returncode == 0 for proc in procs), outputs
     parents = {out.strip() for out, _ in outputs}
     assert len(parents) == 1 and "None" not in parents, outputs
+
+
+# ---------------------------------------------------------------------------- through the app
+@pytest.fixture
+def app_importable(monkeypatch):
+    """`python -m app` from another cwd without installing this checkout."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+
+
+@pytest.mark.slow
+def test_app_with_tensorboard_writes_events_in_the_run_dir(run_app, tmp_path, app_importable):
+    from tests.conftest import FAST, run_dirs
+
+    run_app(*[a for a in FAST if a != "logger=none"], "logger=tensorboard", check=True)
+    [run_dir] = run_dirs(tmp_path)
+    reader = tensorboard_reader(run_dir / "tensorboard")
+    assert [e.step for e in reader.Scalars("val_loss")] == csv_epochs(run_dir) == [1, 2, 3]
+    hparams, _ = hparams_of(reader)
+    assert hparams["trainer.epochs"] == 3  # no sweep: the flattened config
+
+
+@pytest.mark.slow
+def test_app_multirun_jobs_in_one_process_are_mlflow_children_of_one_sweep(run_app, tmp_path, app_importable):
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import FAST, run_dirs
+
+    args = [a for a in FAST if a != "logger=none"]
+    run_app("--multirun", *args, "logger=mlflow", "optimizer.lr=1e-3,2e-3", check=True)
+    assert len(run_dirs(tmp_path)) == 2
+    client = MlflowClient(tracking_uri=sqlite_uri(tmp_path / "outputs" / "mlflow.db"))
+    experiment = client.get_experiment_by_name("hydra-torch-app")
+    everything = client.search_runs([experiment.experiment_id])
+    runs = [r for r in everything if r.data.tags.get("sweep") != "true"]
+    [parent] = [r for r in everything if r.data.tags.get("sweep") == "true"]
+    assert parent.info.run_name == parent.data.tags["group"] == run_dirs(tmp_path)[0].parent.name
+    assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["0.001", "0.002"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
