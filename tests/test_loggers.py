@@ -411,4 +411,5 @@ def test_app_multirun_jobs_in_one_process_are_mlflow_children_of_one_sweep(run_a
     for run in runs:
         assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3]
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+        artifacts = client.list_artifacts(run.info.run_id, "checkpoints")
+        assert [a.path for a in artifacts] == ["checkpoints/best.pt"]

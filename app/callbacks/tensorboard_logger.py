@@ -18,8 +18,8 @@ class TensorBoardLogger(Logger):
 
     - when fitting starts, the hyperparameters: `hparams` (a sweep trial's parameters) when the
       app set them, else the whole resolved config, flattened (`optimizer.lr`, ...), so runs of a
-      plain `--multirun` compare too; lists and bools as strings, None left out; plus `group` (the sweep's
-      name) when there is one;
+      plain `--multirun` compare too; lists and bools as strings, None left out; plus `group`
+      (the sweep's name) when there is one;
     - at the run's end, scalars `best_<monitor>` (step = best epoch) and the test metrics
       (`test_loss`, ..., step = last epoch), and the session's status (completed and
       early_stopped: success; diverged, pruned and failed: failure).
