@@ -26,7 +26,7 @@ def test_every_group_has_its_options():
     assert options("early_stopping") == ["default", "off"]
     assert options("device") == ["auto", "cpu", "cuda", "mps"]
     assert set(options("data")) >= {"regression", "spirals", "file"}
-    assert options("logger") == ["none", "wandb"]
+    assert options("logger") == ["mlflow", "none", "tensorboard", "wandb"]
     assert len(options("experiment")) >= 2
     assert len(options("hparams_search")) >= 1
 
