@@ -3,6 +3,7 @@ from app.callbacks.base import Callback, improves
 from app.callbacks.checkpoint import Checkpoint, atomic_save
 from app.callbacks.csv_logger import CSVLogger
 from app.callbacks.early_stopping import EarlyStopping
+from app.callbacks.health import HealthMonitor
 from app.callbacks.progress import ProgressLogger
 from app.callbacks.wandb_logger import WandbLogger
 
@@ -11,6 +12,7 @@ __all__ = [
     "Checkpoint",
     "CSVLogger",
     "EarlyStopping",
+    "HealthMonitor",
     "ProgressLogger",
     "WandbLogger",
     "atomic_save",
