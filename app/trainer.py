@@ -330,8 +330,7 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip,
                                                   error_if_nonfinite=False, foreach=None)
         elif self.track_grad_norm:
-            norm = torch.nn.utils.get_total_norm(
-                [p.grad for p in self.params if p.grad is not None], foreach=None)
+            norm = grad_norm(self.params)
         if self.track_grad_norm:
             if self.scaler.is_enabled():  # the scaler skips non-finite steps: they apply nothing
                 norm = torch.nan_to_num(norm, nan=0.0, posinf=0.0, neginf=0.0)
@@ -397,3 +396,14 @@ class Trainer:
     def _emit(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
+
+
+def grad_norm(params: list[Tensor]) -> Tensor:
+    """The global L2 norm of the gradients of `params` (all on one device), as a device scalar.
+
+    What `clip_grad_norm_` and `get_total_norm` compute, without their grouping by device and
+    dtype: on a small model on the CPU that grouping takes as long as the norm itself."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
