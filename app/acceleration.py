@@ -1,12 +1,14 @@
 """Speed options of the Trainer: mixed precision, torch.compile, CUDA-graph replay of the step,
 and the float32 matmul precision. The loop in `app/trainer.py` stays plain; what it needs from
-here is a context manager, a scaler, a callable model and, with CUDA graphs, `GraphedStep`.
+here is a context manager, a scaler, a callable model and, with CUDA graphs, `GraphedStep`;
+and, to time its epochs, `DeviceClock`.
 
 Nothing here synchronizes host and device per step.
 """
 from __future__ import annotations
 
 import gc
+import time
 import warnings
 import weakref
 from contextlib import contextmanager, nullcontext
@@ -112,6 +114,38 @@ def _warn_fallback(error: BaseException) -> None:
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     warnings.warn(f"trainer.compile: torch.compile failed ({type(error).__name__}: {reason[:300]}); "
                   "training continues without compiling", RuntimeWarning, stacklevel=3)
+
+
+class DeviceClock:
+    """Seconds from `start()` to `stop()` of work issued to `device`, without a host-device sync
+    of its own: read `seconds()` only after something has waited for that work (the Trainer's
+    one host read per epoch).
+
+    On CUDA the two marks are events on the current stream, so the time is the device's: the host
+    only queues kernels and would stop its clock before the GPU is done. Elsewhere, the host's
+    clock (CPU work is done when the call returns)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._events = None
+        if device.type == "cuda":
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        self._started = self._stopped = 0.0
+
+    def start(self) -> None:
+        if self._events is not None:
+            self._events[0].record(torch.cuda.current_stream(self.device))
+        self._started = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._events is not None:
+            self._events[1].record(torch.cuda.current_stream(self.device))
+        self._stopped = time.perf_counter()
+
+    def seconds(self) -> float:
+        if self._events is not None:
+            return self._events[0].elapsed_time(self._events[1]) / 1000  # milliseconds
+        return self._stopped - self._started
 
 
 # ----------------------------------------------------------------------------- CUDA graphs

@@ -6,7 +6,12 @@ stops on non-finite losses. Everything else (early stopping, checkpoints, loggin
 plugs in through `app.callbacks.Callback` hooks; the loop does not know them.
 
 Losses and metrics accumulate as sums on the device and are read back once per epoch, so the
-loop never forces a host-device synchronisation per step.
+loop never forces a host-device synchronisation per step. The gradient norm is accumulated the
+same way, read with the same host read.
+
+Each epoch's metrics (see `Trainer.metric_columns`): train_loss, val_loss and val_<metric>, the
+learning rates, training health (grad_norm, grad_norm_max, samples_per_s, peak_memory_mib) and
+epoch_time.
 
 Speed options (mixed precision, torch.compile, CUDA graphs, gradient clipping and accumulation)
 change what one step does, not the shape of the loop; their helpers live in `app.acceleration`.
@@ -27,6 +32,8 @@ from app.callbacks.base import Callback, improves
 from app.tasks import Task
 
 Batches = Iterable[tuple[Tensor, Tensor]]  # also needs a `num_samples` attribute
+# Metrics that time the run: they differ between runs that are otherwise bit for bit the same.
+TIMING_METRICS = ("samples_per_s", "epoch_time")
 
 
 @dataclass
@@ -63,6 +70,24 @@ class Trainer:
             batches; each batch's loss is divided by the number of batches in its window.
         matmul_precision: float32 matmul precision during fit/evaluate ("highest", "high" =
             TF32, "medium"); None leaves torch's setting alone.
+        track_grad_norm: report grad_norm and grad_norm_max; off saves computing the norm at
+            every optimizer step where nothing else needs it (grad_clip computes it anyway).
+
+    Metrics of an epoch besides the losses:
+        lr: param group 0's learning rate as the epoch ends (an epoch-interval scheduler steps
+            after this is read); lr_<i>: group i's (i >= 1, only with several param groups).
+        grad_norm, grad_norm_max: the mean and the max over the epoch's optimizer steps of the
+            global L2 norm of the gradients that step applies, taken before clipping (with
+            accumulation: once per window, of the window's mean gradient; with 16-mixed:
+            unscaled, and 0 for the steps the GradScaler skipped as non-finite). Non-finite
+            gradients make them non-finite. Summed on the device, inside the captured step
+            with CUDA graphs, and read with the epoch's losses.
+        samples_per_s: training samples of the epoch / seconds its training part took (without
+            validation): the host's clock; on CUDA, events on the device's timeline (the host
+            runs ahead of a GPU), read after the epoch's one host read.
+        peak_memory_mib: CUDA only: `torch.cuda.max_memory_allocated` over the epoch (training
+            and validation), in MiB (2**20 bytes); its peak is reset as each epoch starts.
+        epoch_time: host seconds of the whole epoch, validation and the host read included.
     """
 
     def __init__(
@@ -85,6 +110,7 @@ class Trainer:
         grad_clip: float = 0.0,
         accumulate_grad_batches: int = 1,
         matmul_precision: str | None = None,
+        track_grad_norm: bool = True,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -103,6 +129,12 @@ class Trainer:
         self.grad_clip = grad_clip
         self.accumulate = accumulate_grad_batches
         self.matmul_precision = matmul_precision
+        self.track_grad_norm = track_grad_norm
+        # The epoch's [sum] and [max] of the gradient norm over optimizer steps. Updated in place
+        # (and zeroed in place as an epoch starts): a captured step writes to these very tensors.
+        self._grad_norm_sum = torch.zeros(1, device=device)
+        self._grad_norm_max = torch.zeros(1, device=device)
+        self._train_clock = acceleration.DeviceClock(device)
         self.graphed: acceleration.GraphedStep | None = None
         if cuda_graph and device.type != "cuda":
             warnings.warn(f"trainer.cuda_graph needs a CUDA device, not {device.type}; training "
@@ -182,11 +214,16 @@ class Trainer:
         while self.epoch < self.epochs and not self.should_stop:
             epoch = self.epoch + 1
             started = time.perf_counter()
-            train_sums = self._train_epoch(train)
+            self._start_health()
+            self._train_clock.start()
+            train_sums, steps = self._train_epoch(train)
+            self._train_clock.stop()
             validate = val is not None and (epoch % self.val_every == 0 or epoch == self.epochs)
             sums = [train_sums]
             if validate:
                 sums.append(self._eval_sums(val))
+            if self.track_grad_norm:
+                sums += [self._grad_norm_sum, self._grad_norm_max]
             # The one host read of the epoch.
             values = torch.cat(sums).tolist()
             metrics: dict[str, float] = {"epoch": epoch, "train_loss": values[0] / train.num_samples}
@@ -195,7 +232,7 @@ class Trainer:
                 metrics.update(
                     {name: v / val.num_samples for name, v in zip(names, values[1:])}
                 )
-            metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+            metrics.update(self._health_metrics(values, steps, train.num_samples))
             metrics["epoch_time"] = time.perf_counter() - started
             self.epoch = epoch
 
@@ -239,28 +276,31 @@ class Trainer:
         self._emit("on_fit_end", result)
         return result
 
-    def _train_epoch(self, batches: Batches) -> Tensor:
-        """One pass over `batches`, updating the model. Returns [loss_sum] on the device."""
+    def _train_epoch(self, batches: Batches) -> tuple[Tensor, int]:
+        """One pass over `batches`, updating the model. Returns ([loss_sum] on the device, the
+        number of optimizer steps)."""
         self.model.train()
         loss_sum = torch.zeros(1, device=self.device)
         step_scheduler = self.scheduler is not None and self.scheduler_interval == "step"
         train_step = self.graphed.step if self.graphed is not None else self.train_step
         k = self.accumulate
         n_batches = len(batches) if hasattr(batches, "__len__") else None
-        i = 0
+        i = steps = 0
         for i, (x, y) in enumerate(batches, start=1):
             # Batches in this accumulation window: k, or fewer in the epoch's last window.
             window = k if n_batches is None else min(k, n_batches - (i - 1) // k * k)
             first, update = (i - 1) % k == 0, i % k == 0 or i == n_batches
             loss = train_step(x, y, window, first, update)
             loss_sum += loss * y.shape[0]
+            steps += update
             if update and step_scheduler:
                 self.scheduler.step()
         if n_batches is None and i % k != 0:  # an iterable of unknown length: step what is left
             self.optimizer_step()
+            steps += 1
             if step_scheduler:
                 self.scheduler.step()
-        return loss_sum
+        return loss_sum, steps
 
     def train_step(self, x: Tensor, y: Tensor, window: int = 1, first: bool = True,
                    update: bool = True) -> Tensor:
@@ -280,15 +320,57 @@ class Trainer:
         return loss.detach()
 
     def optimizer_step(self) -> None:
-        """Clip (optionally) and step. No host sync: the clip norm is not read back, and
-        non-finite gradients surface as a non-finite loss at the epoch's end."""
-        if self.grad_clip > 0:
+        """Clip (optionally) and step; with `track_grad_norm`, add the pre-clip gradient norm
+        to the epoch's sum and max. No host sync: the norm is not read back here, and
+        non-finite gradients surface as non-finite losses and grad_norm at the epoch's end."""
+        if self.grad_clip > 0 or self.track_grad_norm:
             self.scaler.unscale_(self.optimizer)
+        if self.grad_clip > 0:
             # foreach=None: multi-tensor kernels wherever the device has them (CPU and CUDA do).
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, error_if_nonfinite=False,
-                                           foreach=None)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip,
+                                                  error_if_nonfinite=False, foreach=None)
+        elif self.track_grad_norm:
+            norm = grad_norm(self.params)
+        if self.track_grad_norm:
+            if self.scaler.is_enabled():  # the scaler skips non-finite steps: they apply nothing
+                norm = torch.nan_to_num(norm, nan=0.0, posinf=0.0, neginf=0.0)
+            self._grad_norm_sum += norm
+            torch.maximum(self._grad_norm_max, norm, out=self._grad_norm_max)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def _start_health(self) -> None:
+        """Zero the gradient-norm sums (in place: captured steps hold them) and the memory peak."""
+        if self.track_grad_norm:
+            self._grad_norm_sum.zero_()
+            self._grad_norm_max.zero_()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _health_metrics(self, values: list[float], steps: int, num_samples: int) -> dict[str, float]:
+        """Learning rates and training health of the epoch just read back (`values`: the
+        epoch's host read, which ends with the gradient-norm sum and max)."""
+        metrics = {"lr": self.optimizer.param_groups[0]["lr"]}
+        for i, group in enumerate(self.optimizer.param_groups[1:], start=1):
+            metrics[f"lr_{i}"] = group["lr"]
+        if self.track_grad_norm and steps:
+            metrics["grad_norm"] = values[-2] / steps
+            metrics["grad_norm_max"] = values[-1]
+        seconds = self._train_clock.seconds()
+        if seconds > 0:
+            metrics["samples_per_s"] = num_samples / seconds
+        if self.device.type == "cuda":
+            metrics["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return metrics
+
+    def metric_columns(self) -> list[str]:
+        """Every key an epoch's metrics can have, in the order loggers show them."""
+        groups = [f"lr_{i}" for i in range(1, len(self.optimizer.param_groups))]
+        val = [f"val_{name}" for name in self.task.metrics]
+        grad = ["grad_norm", "grad_norm_max"] if self.track_grad_norm else []
+        memory = ["peak_memory_mib"] if self.device.type == "cuda" else []
+        return ["epoch", "train_loss", "val_loss", "lr", *groups, *val, *grad, "samples_per_s",
+                *memory, "epoch_time"]
 
     @torch.no_grad()
     def _eval_sums(self, batches: Batches) -> Tensor:
@@ -314,3 +396,14 @@ class Trainer:
     def _emit(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
+
+
+def grad_norm(params: list[Tensor]) -> Tensor:
+    """The global L2 norm of the gradients of `params` (all on one device), as a device scalar.
+
+    What `clip_grad_norm_` and `get_total_norm` compute, without their grouping by device and
+    dtype: on a small model on the CPU that grouping takes as long as the norm itself."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))

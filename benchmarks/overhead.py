@@ -3,7 +3,9 @@ on the same model, initial weights, data, batch order and number of steps.
 
 Both keep the data on the device, sum losses on the device and read them once per epoch, and
 validate every epoch. Each timed sample is `--epochs` epochs of one of them; samples alternate
-between the two, and the ratio is the median of the paired ratios (trainer / hand-written).
+between them, and the ratio is the median of the paired ratios (trainer / hand-written). The
+Trainer runs twice: with its defaults (the target's row) and with `track_grad_norm=False` (what
+the per-step gradient norm costs; the hand-written loop computes none).
 Lightning's Trainer on the same work is a reference row when `lightning` is installed.
 
     python benchmarks/overhead.py               # cuda if available, else cpu
@@ -37,31 +39,48 @@ def build(workload: Workload, device, total_epochs: int):
 
 
 def measure(workload: Workload, device, epochs: int, repeats: int):
+    """Alternating samples of the Trainer (defaults), the Trainer without its gradient norm
+    (`track_grad_norm=False`) and the hand-written loop, all on the same work."""
     total = epochs * (repeats + 1)
-    model, optimizer, scheduler, train, val = build(workload, device, total)
-    trainer = Trainer(model, optimizer, REGRESSION, device=device, epochs=0, scheduler=scheduler)
+    trainers = {}
+    for name, options in (("trainer", {}), ("trainer, no grad norm", {"track_grad_norm": False})):
+        model, optimizer, scheduler, train, val = build(workload, device, total)
+        trainer = Trainer(model, optimizer, REGRESSION, device=device, epochs=0, scheduler=scheduler,
+                          **options)
+        trainers[name] = (trainer, train, val)
 
     model_b, optimizer_b, scheduler_b, train_b, val_b = build(workload, device, total)
     loop = HandWrittenLoop(model_b, optimizer_b, scheduler_b, REGRESSION.loss,
                            REGRESSION.metrics["mae"], train_b, val_b, device)
 
-    def run_trainer() -> float:
-        trainer.epochs += epochs
-        return timed(lambda: trainer.fit(train, val), device) / epochs
+    def run_trainer(name: str):
+        trainer, train, val = trainers[name]
+
+        def run() -> float:
+            trainer.epochs += epochs
+            return timed(lambda: trainer.fit(train, val), device) / epochs
+
+        return run
 
     def run_loop() -> float:
         return timed(lambda: loop.run(epochs), device) / epochs
 
-    run_trainer(), run_loop()  # warm-up: allocator, kernels, first-call paths
-    samples = alternate({"trainer": run_trainer, "hand-written": run_loop}, repeats)
-    ratios = [a / b for a, b in zip(samples["trainer"], samples["hand-written"])]
+    variants = {name: run_trainer(name) for name in trainers} | {"hand-written": run_loop}
+    for run in variants.values():  # warm-up: allocator, kernels, first-call paths
+        run()
+    samples = alternate(variants, repeats)
+    ratios = {name: [a / b for a, b in zip(samples[name], samples["hand-written"])] for name in trainers}
 
-    # Same work: the two must have produced the same losses, epoch by epoch.
-    a = [[h["train_loss"], h["val_loss"], h["val_mae"]] for h in trainer.history]
+    # Same work: each must have produced the same losses as the loop, epoch by epoch.
     b = loop.history
-    assert len(a) == len(b), (len(a), len(b))
-    diff = max(abs(u - v) / max(abs(v), 1e-12) for ra, rb in zip(a, b) for u, v in zip(ra, rb))
-    return samples, ratios, diff, len(train)
+    diff = 0.0
+    for trainer, _, _ in trainers.values():
+        a = [[h["train_loss"], h["val_loss"], h["val_mae"]] for h in trainer.history]
+        assert len(a) == len(b), (len(a), len(b))
+        diff = max(diff, *(abs(u - v) / max(abs(v), 1e-12) for ra, rb in zip(a, b) for u, v in zip(ra, rb)))
+    # What the gradient norm costs, paired sample by sample (adjacent in time, so drifts cancel).
+    ratios["grad norm cost"] = [a / b for a, b in zip(samples["trainer"], samples["trainer, no grad norm"])]
+    return samples, ratios, diff, len(train_b)
 
 
 def lightning_reference(workload: Workload, device, epochs: int, repeats: int) -> float | None:
@@ -132,11 +151,15 @@ def main() -> None:
     rows, worst = [], 0.0
     for workload, epochs in workloads:
         samples, ratios, diff, steps = measure(workload, device, epochs, repeats)
-        ratio = median(ratios)
+        ratio = median(ratios["trainer"])
         worst = max(worst, ratio)
-        rows.append([workload.name, device.type, steps, median(samples["hand-written"]),
-                     median(samples["trainer"]), f"{ratio:.3f}", spread(ratios),
-                     "identical" if diff == 0 else f"max rel. diff {diff:.1e}"])
+        print(f"{workload.name}: trainer / trainer with track_grad_norm=False = "
+              f"{median(ratios.pop('grad norm cost')):.3f}")
+        for name in ratios:
+            label = workload.name if name == "trainer" else f"{workload.name}, {name}"
+            rows.append([label, device.type, steps, median(samples["hand-written"]),
+                         median(samples[name]), f"{median(ratios[name]):.3f}", spread(ratios[name]),
+                         "identical" if diff == 0 else f"max rel. diff {diff:.1e}"])
         lightning = None
         if not args.quick:
             try:

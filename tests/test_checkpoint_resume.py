@@ -18,7 +18,7 @@ from app.data import TensorBatches, regression_1d
 from app.models import MLP
 from app.reproducibility import rng_state, set_rng_state
 from app.tasks import TASKS
-from app.trainer import Trainer
+from app.trainer import TIMING_METRICS, Trainer
 
 
 class Interrupted(Exception):
@@ -60,12 +60,12 @@ def scramble_global_rngs():
 
 
 def numbers(history):
-    return [{k: v for k, v in m.items() if k != "epoch_time"} for m in history]
+    return [{k: v for k, v in m.items() if k not in TIMING_METRICS} for m in history]
 
 
 def csv_numbers(path):
     with open(path, newline="") as f:
-        return [{k: v for k, v in row.items() if k != "epoch_time"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in TIMING_METRICS} for row in csv.DictReader(f)]
 
 
 def interrupted_then_resumed(tmp_path, skip=None, monkeypatch=None):

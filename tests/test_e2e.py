@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from app.trainer import TIMING_METRICS
 from tests.conftest import FAST, run_dirs
 
 pytestmark = pytest.mark.slow
@@ -78,7 +79,7 @@ def test_same_overrides_give_the_same_numbers(run_app, tmp_path):
     first, second, other_seed = [read_metrics(d) for d in run_dirs(tmp_path)]  # in creation order
 
     def numbers(rows):
-        return [{k: v for k, v in r.items() if k != "epoch_time"} for r in rows]
+        return [{k: v for k, v in r.items() if k not in TIMING_METRICS} for r in rows]
 
     assert numbers(first) == numbers(second)
     assert numbers(first) != numbers(other_seed)
@@ -182,5 +183,5 @@ def test_host_resident_batches_give_the_same_numbers(run_app, tmp_path):
     run_app(*FAST, check=True)
     run_app(*FAST, "trainer.data_on_device=false", check=True)
     on_device, on_host = [read_metrics(d) for d in run_dirs(tmp_path)]
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_time"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_METRICS} for r in rows]  # noqa: E731
     assert strip(on_device) == strip(on_host)

@@ -3,6 +3,7 @@ from app.callbacks.base import Callback, improves
 from app.callbacks.checkpoint import Checkpoint, atomic_save
 from app.callbacks.csv_logger import CSVLogger
 from app.callbacks.early_stopping import EarlyStopping
+from app.callbacks.health import HealthMonitor
 from app.callbacks.logger import Logger
 from app.callbacks.mlflow_logger import MLflowLogger
 from app.callbacks.progress import ProgressLogger
@@ -14,6 +15,7 @@ __all__ = [
     "Checkpoint",
     "CSVLogger",
     "EarlyStopping",
+    "HealthMonitor",
     "Logger",
     "MLflowLogger",
     "ProgressLogger",

@@ -9,19 +9,19 @@ from app.callbacks.base import Callback
 
 
 class CSVLogger(Callback):
-    """Columns: epoch, train_loss, val_loss, lr, the task's val_ metrics, epoch_time.
-    Epochs without validation leave the val_ cells empty. Each row is flushed to disk at once,
-    so a crash loses nothing already done. When fitting starts, the file is rewritten from the
-    trainer's history: a resumed run drops the rows its interrupted attempt wrote after the
-    checkpoint it continues from, and restores any it did not get to write."""
+    """Columns: every metric the trainer reports (`Trainer.metric_columns`: epoch, losses, learning
+    rates, the task's val_ metrics, training health, epoch_time). Epochs without validation leave
+    the val_ cells empty. Each row is flushed to disk at once, so a crash loses nothing already
+    done. When fitting starts, the file is rewritten from the trainer's history: a resumed run
+    drops the rows its interrupted attempt wrote after the checkpoint it continues from, and
+    restores any it did not get to write."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.columns: list[str] = []
 
     def on_fit_start(self, trainer) -> None:
-        val_metrics = [n for n in trainer.metric_names if n.startswith("val_") and n != "val_loss"]
-        self.columns = ["epoch", "train_loss", "val_loss", "lr", *val_metrics, "epoch_time"]
+        self.columns = trainer.metric_columns()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w", newline="") as f:
