@@ -17,7 +17,8 @@ from typing import Any, Callable, ContextManager, Hashable, Iterator
 import torch
 from torch import Tensor, nn
 
-from app.config import MATMUL_PRECISIONS, PRECISIONS, ConfigError
+from app.config import MATMUL_PRECISIONS, PRECISIONS
+from app.errors import ConfigError
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 COMPILE_BACKEND = "inductor"  # torch.compile's default; tests swap in a cheap backend

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from app import faults, targets
 from app.callbacks import Callback, Checkpoint, CSVLogger, EarlyStopping, ProgressLogger
-from app.config import ConfigError
-from app.data import DataError, DataSplits, TensorBatches
+from app.errors import ConfigError
+from app.data import DataSplits, TensorBatches
 
 # Keys of a scheduler's config that the trainer reads and the scheduler class must not see.
 SCHEDULER_TRAINER_KEYS = ("interval",)
@@ -43,12 +43,12 @@ def building(group: str, node: DictConfig) -> Iterator[None]:
     """Turn an error raised while building `group` into a ConfigError about that group."""
     try:
         yield
-    except (ConfigError, DataError):
+    except ConfigError:
         raise
     except (InstantiationException, TypeError, ValueError, ImportError, AttributeError) as error:
         cause = error
         while cause is not None:  # instantiate wraps what the target raised: surface our own errors
-            if isinstance(cause, (ConfigError, DataError)):
+            if isinstance(cause, ConfigError):
                 raise cause from None
             cause = cause.__cause__
         target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"

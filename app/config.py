@@ -15,15 +15,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-
-class ConfigError(Exception):
-    """A user's configuration is wrong. `str()` is one paragraph naming the key, the value and
-    what is accepted; the app prints it instead of a traceback and exits non-zero."""
-
-    def __init__(self, key: str, value: Any, accepted: str, reason: str = "") -> None:
-        self.key, self.value, self.accepted = key, value, accepted
-        reason = f" {reason.rstrip('.')}." if reason else ""
-        super().__init__(f"Invalid value for `{key}`: {value!r}.{reason} Accepted: {accepted}.")
+from app.errors import ConfigError  # noqa: F401 - the app's one user-error type, raised by validate
 
 
 # ----------------------------------------------------------------------------- group schemas

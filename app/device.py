@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from app.config import ConfigError
+from app.errors import ConfigError
 
 
 def _mps_available() -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from app import resume
-from app.config import ConfigError
+from app.errors import ConfigError
 
 
 def launch() -> None:

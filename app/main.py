@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from app import build, preflight, resume, targets
 from app.acceleration import check_device_options
-from app.config import ConfigError, register_configs, validate
-from app.data import DataError
+from app.errors import ConfigError
+from app.config import register_configs, validate
 from app.device import describe, resolve_device
 from app.provenance import config_hash
 from app.records import objective, provenance, write_json
@@ -128,9 +128,9 @@ def main(cfg: DictConfig) -> float:
         trial = current_trial(cfg.trusted_modules)
         summary = train_seeds(cfg, run_dir, train, trial) if cfg.seeds else train(cfg, run_dir, trial)
         return summary["objective"]
-    except (ConfigError, DataError, RuntimeError) as caught:
+    except (ConfigError, RuntimeError) as caught:
         error = determinism_refusal(caught) or caught
-        if not isinstance(error, (ConfigError, DataError)):
+        if not isinstance(error, ConfigError):
             raise
         if not cfg.resume:  # a refused resume leaves the run's records as they were
             write_json(run_dir / "summary.json", {"status": "failed", "error": str(error)})

@@ -26,8 +26,8 @@ from omegaconf import DictConfig
 
 from app import build
 from app.callbacks import Checkpoint
-from app.config import ConfigError, validate
-from app.data import DataError
+from app.errors import ConfigError
+from app.config import validate
 from app.device import describe, resolve_device
 from app.reproducibility import determinism_refusal, set_deterministic
 from app.tasks import TASKS, task_of
@@ -70,7 +70,7 @@ class Report:
         started = time.perf_counter()
         try:
             yield row
-        except (ConfigError, DataError) as error:
+        except ConfigError as error:
             row.status, row.detail, self.config_error = "FAIL", str(error), True
             raise _Stop from None
         except CheckFailed as error:

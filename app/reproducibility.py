@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.config import ConfigError
+from app.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from app.config import ConfigError
+from app.errors import ConfigError
 from app.provenance import RUNTIME_KEYS, config_changes, config_hash, is_result_neutral
 from app.records import git_state, read_json, write_json
 

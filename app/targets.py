@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, ListConfig
 
-from app.config import ConfigError
+from app.errors import ConfigError
 
 APP_MODULES = ("app", "torch", "optuna")  # always trusted
 

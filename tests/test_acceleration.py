@@ -13,7 +13,8 @@ from torch import nn
 from app import acceleration
 from app.acceleration import CompiledModule, check_device_options
 from app.callbacks import Callback, Checkpoint
-from app.config import ConfigError, validate
+from app.config import validate
+from app.errors import ConfigError
 from app.tasks import TASKS
 from app.trainer import Trainer
 from tests.test_trainer import ListBatches, regression_batches

@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from app import build
-from app.config import ConfigError, validate
+from app.config import validate
+from app.errors import ConfigError
 from app.tasks import TASKS, task_of
 from tests.conftest import CONF, ROOT
 

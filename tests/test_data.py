@@ -11,7 +11,6 @@ import torch
 
 from app.data import (
     TASKS,
-    DataError,
     DataSplits,
     Split,
     TensorBatches,
@@ -21,6 +20,7 @@ from app.data import (
     spirals,
     split_indices,
 )
+from app.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -36,9 +36,9 @@ def expected_curve(x: torch.Tensor) -> torch.Tensor:
 
 
 def assert_data_error(excinfo: pytest.ExceptionInfo, key: str) -> str:
-    """The error is a DataError for `key`, rendered as one line naming it; returns the message."""
+    """The error is a ConfigError for `key`, rendered as one line naming it; returns the message."""
     err = excinfo.value
-    assert type(err) is DataError
+    assert type(err) is ConfigError
     assert err.key == key
     message = str(err)
     assert message.startswith(f"Invalid value for `{key}`")
@@ -130,7 +130,7 @@ def test_split_indices_partition_and_reproducibility() -> None:
     ],
 )
 def test_split_indices_rejects_bad_fractions(n: int, val: float, test: float, key: str) -> None:
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         split_indices(n, val, test, seed=0)
     assert_data_error(excinfo, key)
 
@@ -204,16 +204,16 @@ def test_blobs_shapes_balance_and_spread() -> None:
     ],
 )
 def test_generators_validate_arguments(factory, kwargs: dict, key: str) -> None:
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         factory(**kwargs)
     message = assert_data_error(excinfo, key)
     assert repr(next(iter(kwargs.values()))) in message
 
 
 def test_data_error_survives_pickling() -> None:
-    err = DataError("data.path", "x.csv", "No such file", ".csv, .npz")
+    err = ConfigError("data.path", "x.csv", ".csv, .npz", "No such file")
     clone = pickle.loads(pickle.dumps(err))
-    assert type(clone) is DataError and clone.key == "data.path" and str(clone) == str(err)
+    assert type(clone) is ConfigError and clone.key == "data.path" and str(clone) == str(err)
     assert str(err) == "Invalid value for `data.path`: 'x.csv'. No such file. Accepted: .csv, .npz."
 
 
@@ -306,7 +306,7 @@ def test_load_npz_string_labels(tmp_path: Path) -> None:
 
 def test_load_missing_file_names_the_resolved_path(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table("nope/missing.csv", ["a"], "y")
     message = assert_data_error(excinfo, "data.path")
     assert str(tmp_path / "nope" / "missing.csv") in message
@@ -315,7 +315,7 @@ def test_load_missing_file_names_the_resolved_path(tmp_path: Path, monkeypatch) 
 def test_load_unsupported_suffix(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     path.write_text("a,y\n1,2\n")
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(path), ["a"], "y")
     message = assert_data_error(excinfo, "data.path")
     assert ".csv" in message and ".npz" in message
@@ -332,7 +332,7 @@ def test_load_unsupported_suffix(tmp_path: Path) -> None:
     ],
 )
 def test_load_bad_column_choices(table_csv: Path, features, target, key, fragment) -> None:
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(table_csv), features, target)
     message = assert_data_error(excinfo, key)
     assert fragment in message
@@ -341,7 +341,7 @@ def test_load_bad_column_choices(table_csv: Path, features, target, key, fragmen
 
 
 def test_load_unknown_column_lists_available_names(table_csv: Path) -> None:
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(table_csv), ["colour"], "y")
     message = assert_data_error(excinfo, "data.features")
     assert "column names in the file: a, b, y, label" in message
@@ -350,7 +350,7 @@ def test_load_unknown_column_lists_available_names(table_csv: Path) -> None:
 def test_load_non_numeric_feature_names_column_and_row(tmp_path: Path) -> None:
     rows = [[1, 2], [2, 3], ["abc", 4], [4, 5], [5, 6]]
     path = write_csv(tmp_path / "t.csv", ["a", "y"], rows)
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(path), ["a"], "y")
     message = assert_data_error(excinfo, "data.features")
     assert "'a'" in message and "'abc'" in message and "row 3" in message and "line 4" in message
@@ -363,13 +363,13 @@ def test_load_non_numeric_feature_names_column_and_row(tmp_path: Path) -> None:
 def test_load_rejects_missing_and_non_finite_values(tmp_path: Path, cell_a, cell_y, key) -> None:
     rows = [[i, i] for i in range(10)] + [[cell_a, cell_y]]
     path = write_csv(tmp_path / "t.csv", ["a", "y"], rows)
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(path), ["a"], "y")
     assert "row 11" in assert_data_error(excinfo, key)
 
 
 def test_load_rejects_unknown_task(table_csv: Path) -> None:
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(table_csv), ["a"], "y", task="ranking")
     message = assert_data_error(excinfo, "data.task")
     assert all(task in message for task in TASKS)
@@ -378,7 +378,7 @@ def test_load_rejects_unknown_task(table_csv: Path) -> None:
 def test_load_npz_mismatched_lengths(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     np.savez(path, a=np.zeros(10), y=np.zeros(9))
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(path), ["a"], "y")
     message = assert_data_error(excinfo, "data.path")
     assert "a: 10" in message and "y: 9" in message
@@ -386,7 +386,7 @@ def test_load_npz_mismatched_lengths(tmp_path: Path) -> None:
 
 def test_load_too_few_rows_for_the_splits(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "t.csv", ["a", "y"], [[1, 2], [2, 3]])
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(path), ["a"], "y", val_fraction=0.2)
     assert "2 data rows" in assert_data_error(excinfo, "data.path")
 
@@ -394,7 +394,7 @@ def test_load_too_few_rows_for_the_splits(tmp_path: Path) -> None:
 def test_load_ragged_csv_row(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text("a,y\n1,2\n3\n")
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(path), ["a"], "y")
     assert "Line 3" in assert_data_error(excinfo, "data.path")
 
@@ -409,7 +409,7 @@ def test_load_ragged_csv_row(tmp_path: Path) -> None:
 )
 def test_load_bad_classification_targets(tmp_path: Path, labels, target, fragment) -> None:
     path = write_csv(tmp_path / "t.csv", ["x", "a", "y"], [[i, i, v] for i, v in enumerate(labels)])
-    with pytest.raises(DataError) as excinfo:
+    with pytest.raises(ConfigError) as excinfo:
         load_table(str(path), ["x"], target, task="classification")
     assert fragment in assert_data_error(excinfo, "data.target")
 

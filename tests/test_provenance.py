@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from app import provenance, resume
-from app.config import ConfigError
+from app.errors import ConfigError
 from app.records import provenance as provenance_record
 
 

@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 
 from app.callbacks import Checkpoint
 from app.callbacks.pruning import Pruning
-from app.config import ConfigError, validate
+from app.config import validate
+from app.errors import ConfigError
 from app.records import read_json, write_json
 from app.report import edge_warning, grid_report, optuna_report, write_report
 from app.search import sweeper as sweeper_module

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from app import targets
-from app.config import ConfigError
+from app.errors import ConfigError
 from tests.conftest import FAST
 
 USER_MODULE = '''

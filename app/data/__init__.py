@@ -1,13 +1,12 @@
 """Data: synthetic generators and file loaders (Hydra `_target_`s returning `DataSplits`), and
 `TensorBatches` for iterating in-memory splits in mini-batches."""
-from app.data.base import TASKS, DataError, DataSplits, Split, make_splits, split_indices
+from app.data.base import TASKS, DataSplits, Split, make_splits, split_indices
 from app.data.batches import TensorBatches
 from app.data.files import load_table
 from app.data.synthetic import blobs, regression_1d, spirals
 
 __all__ = [
     "TASKS",
-    "DataError",
     "DataSplits",
     "Split",
     "TensorBatches",

@@ -1,4 +1,4 @@
-"""Shared data containers, the user-facing `DataError`, and the fixed-seed train/val/test split."""
+"""Shared data containers and the fixed-seed train/val/test split."""
 from __future__ import annotations
 
 import math
@@ -10,35 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from app.errors import ConfigError
+
 TASKS = ("regression", "classification")
-
-_MAX_VALUE_REPR = 120  # keep the one-paragraph message readable when the value is a long list
-
-
-class DataError(Exception):
-    """A user's data configuration is wrong.
-
-    Attributes: `key` (config key, e.g. 'data.path'), `value`, `reason`, `accepted` (str).
-    `str(err)` is one short paragraph:
-    "Invalid value for `data.path`: 'x.csv'. <reason>. Accepted: <accepted>."
-    """
-
-    def __init__(self, key: str, value: Any, reason: str, accepted: str) -> None:
-        self.key, self.value, self.reason, self.accepted = key, value, reason, accepted
-        super().__init__(
-            f"Invalid value for `{key}`: {_short_repr(value)}. {reason.rstrip('. ')}. "
-            f"Accepted: {accepted.rstrip('. ')}."
-        )
-
-    def __reduce__(self):  # the default reduce would call __init__(message) and fail to unpickle
-        return (type(self), (self.key, self.value, self.reason, self.accepted))
-
-
-def _short_repr(value: Any) -> str:
-    """repr of `value` (paths shown as plain strings), cut to a readable length."""
-    text = repr(os.fspath(value)) if isinstance(value, os.PathLike) else repr(value)
-    return text if len(text) <= _MAX_VALUE_REPR else text[: _MAX_VALUE_REPR - 3] + "..."
-
 
 @dataclass
 class Split:
@@ -91,22 +65,22 @@ def is_real(value: Any) -> bool:
 
 
 def validate_fractions(val_fraction: Any, test_fraction: Any) -> None:
-    """Check 0 < val_fraction < 1, 0 <= test_fraction < 1 and val + test < 1 (raises DataError)."""
+    """Check 0 < val_fraction < 1, 0 <= test_fraction < 1 and val + test < 1 (raises ConfigError)."""
     if not is_real(val_fraction) or not 0 < val_fraction < 1:
-        raise DataError(
-            "data.val_fraction", val_fraction, "The validation fraction must lie strictly "
-            "between 0 and 1", "a number in (0, 1), e.g. 0.2",
+        raise ConfigError(
+            "data.val_fraction", val_fraction, "a number in (0, 1), e.g. 0.2", "The validation fraction must lie strictly "
+            "between 0 and 1",
         )
     if not is_real(test_fraction) or not 0 <= test_fraction < 1:
-        raise DataError(
-            "data.test_fraction", test_fraction, "The test fraction must lie in [0, 1)",
-            "a number in [0, 1); 0 for no test split",
+        raise ConfigError(
+            "data.test_fraction", test_fraction, "a number in [0, 1); 0 for no test split",
+            "The test fraction must lie in [0, 1)",
         )
     if val_fraction + test_fraction >= 1:
-        raise DataError(
+        raise ConfigError(
             "data.test_fraction", test_fraction,
-            f"val_fraction + test_fraction = {val_fraction + test_fraction:g} leaves no "
-            "training data", "fractions with val_fraction + test_fraction < 1",
+            "fractions with val_fraction + test_fraction < 1", f"val_fraction + test_fraction = {val_fraction + test_fraction:g} leaves no "
+            "training data",
         )
 
 
@@ -148,12 +122,12 @@ def split_indices(
             if n_test < 1 and test_fraction > 0
             else ("data.val_fraction", val_fraction)
         )
-        raise DataError(
+        raise ConfigError(
             key, value,
-            f"With {n} samples the splits would be {n_train} train / {n_val} val / {n_test} test, "
-            "and every requested split needs at least 1 sample",
             f"fractions that leave >= 1 sample per split (or at least "
             f"{min_samples(val_fraction, test_fraction)} samples)",
+            f"With {n} samples the splits would be {n_train} train / {n_val} val / {n_test} test, "
+            "and every requested split needs at least 1 sample",
         )
     n_train, n_val, _ = split_sizes(n, val_fraction, test_fraction)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))

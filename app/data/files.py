@@ -1,6 +1,6 @@
 """Tabular data from a user's file (.csv with a header row, or .npz), as `DataSplits`.
 
-Every user mistake becomes a `DataError` naming the config key, the offending value and what is
+Every user mistake becomes a `ConfigError` naming the config key, the offending value and what is
 accepted, so the app can print one paragraph instead of a traceback.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 
 from app.data.base import (
     TASKS,
-    DataError,
     DataSplits,
     is_int,
     make_splits,
@@ -26,6 +25,7 @@ from app.data.base import (
     sizes_ok,
     validate_fractions,
 )
+from app.errors import ConfigError
 
 SUFFIXES = (".csv", ".npz")
 _MAX_LISTED_COLUMNS = 30  # enough to spot a typo without flooding the message
@@ -77,21 +77,21 @@ def load_table(
     Relative paths resolve against the directory the app was launched from, not Hydra's run dir.
     """
     if task not in TASKS:
-        raise DataError("data.task", task, "Unknown task", " | ".join(TASKS))
+        raise ConfigError("data.task", task, " | ".join(TASKS), "Unknown task")
     validate_fractions(val_fraction, test_fraction)
     if not is_int(seed):
-        raise DataError("data.seed", seed, "The data seed must be an integer", "an integer")
+        raise ConfigError("data.seed", seed, "an integer", "The data seed must be an integer")
     feature_names = _column_names("data.features", features)
     target_names = _column_names("data.target", target)
     if task == "classification" and len(target_names) != 1:
-        raise DataError("data.target", target, "Classification needs exactly one target column",
-                        "a single column name holding integer or string class labels")
+        raise ConfigError("data.target", target, "a single column name holding integer or string class labels",
+                        "Classification needs exactly one target column")
     overlap = [name for name in target_names if name in feature_names]
     if overlap:
-        raise DataError("data.target", target,
+        raise ConfigError("data.target", target,
+                        "target columns that are not features",
                         f"Column(s) {', '.join(overlap)} are also listed in data.features, which "
-                        "would hand the model its own answer",
-                        "target columns that are not features")
+                        "would hand the model its own answer")
 
     table = _read(path)
     _check_columns(table, "data.features", features, feature_names)
@@ -99,10 +99,10 @@ def load_table(
     n = _common_length(table, feature_names + target_names)
     if not sizes_ok(n, val_fraction, test_fraction):
         need = min_samples(val_fraction, test_fraction)
-        raise DataError("data.path", path,
-                        f"{table.path} has {n} data rows, too few to give every split a sample",
+        raise ConfigError("data.path", path,
                         f"a file with at least {need} rows for val_fraction={val_fraction}, "
-                        f"test_fraction={test_fraction}")
+                        f"test_fraction={test_fraction}",
+                        f"{table.path} has {n} data rows, too few to give every split a sample")
 
     x = _numeric_matrix(table, "data.features", feature_names)
     if task == "regression":
@@ -121,19 +121,19 @@ def _column_names(key: str, value: Any) -> list[str]:
     accepted = "a column name or a non-empty list of column names"
     items = [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
     if not isinstance(items, Sequence) or isinstance(items, str | bytes):
-        raise DataError(key, value, "Expected column names", accepted)
+        raise ConfigError(key, value, accepted, "Expected column names")
     if len(items) == 0:
-        raise DataError(key, value, "The list of columns is empty", accepted)
+        raise ConfigError(key, value, accepted, "The list of columns is empty")
     names = []
     for item in items:
         # Hydra parses `[0,1]` on the command line as ints; CSV headers like "0" are strings.
         if isinstance(item, bool) or not isinstance(item, str | int) or str(item).strip() == "":
-            raise DataError(key, value, f"{item!r} is not a column name", accepted)
+            raise ConfigError(key, value, accepted, f"{item!r} is not a column name")
         names.append(str(item).strip())
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise DataError(key, value, f"Column(s) listed twice: {', '.join(duplicates)}",
-                        "each column at most once")
+        raise ConfigError(key, value, "each column at most once",
+                        f"Column(s) listed twice: {', '.join(duplicates)}")
     return names
 
 
@@ -159,20 +159,20 @@ def resolve_path(path: str | os.PathLike) -> Path:
 def _read(path: Any) -> _Table:
     """Resolve, check and read `path` into raw columns."""
     if not isinstance(path, str | os.PathLike) or os.fspath(path) == "":
-        raise DataError("data.path", path, "Expected a file path", "a path to a .csv or .npz file")
+        raise ConfigError("data.path", path, "a path to a .csv or .npz file", "Expected a file path")
     resolved = resolve_path(path)
     suffix = resolved.suffix.lower()
     if suffix not in SUFFIXES:
         shown = repr(suffix) if suffix else "(no suffix)"
-        raise DataError("data.path", path, f"Unsupported file type {shown}",
-                        ", ".join(SUFFIXES))
+        raise ConfigError("data.path", path, ", ".join(SUFFIXES),
+                        f"Unsupported file type {shown}")
     if not resolved.exists():
-        raise DataError("data.path", path, f"No such file: {resolved}",
-                        "an existing .csv or .npz file (relative paths are taken from the "
-                        "directory the app was launched in)")
+        raise ConfigError("data.path", path, "an existing .csv or .npz file (relative paths are taken from the "
+                        "directory the app was launched in)",
+                        f"No such file: {resolved}")
     if not resolved.is_file():
-        raise DataError("data.path", path, f"{resolved} is not a regular file",
-                        "a path to a .csv or .npz file")
+        raise ConfigError("data.path", path, "a path to a .csv or .npz file",
+                        f"{resolved} is not a regular file")
     return _read_csv(path, resolved) if suffix == ".csv" else _read_npz(path, resolved)
 
 
@@ -184,7 +184,7 @@ def _read_csv(path: Any, resolved: Path) -> _Table:
             reader = csv.reader(handle)
             header = next((row for row in reader if row), None)
             if header is None:
-                raise DataError("data.path", path, f"{resolved} is empty", accepted)
+                raise ConfigError("data.path", path, accepted, f"{resolved} is empty")
             names = [name.strip() for name in header]
             _check_header(path, resolved, names, accepted)
             rows, line_numbers = [], []
@@ -192,16 +192,16 @@ def _read_csv(path: Any, resolved: Path) -> _Table:
                 if not row or all(not field.strip() for field in row):
                     continue  # blank lines, e.g. a trailing newline, are not data rows
                 if len(row) != len(names):
-                    raise DataError(
+                    raise ConfigError(
                         "data.path", path,
-                        f"Line {reader.line_num} of {resolved} has {len(row)} fields but the "
-                        f"header has {len(names)}", accepted,
+                        accepted, f"Line {reader.line_num} of {resolved} has {len(row)} fields but the "
+                        f"header has {len(names)}",
                     )
                 rows.append(row)
                 line_numbers.append(reader.line_num)
     except (UnicodeDecodeError, csv.Error, OSError) as err:
-        raise DataError("data.path", path, f"Could not read {resolved} as CSV ({err})",
-                        accepted) from None
+        raise ConfigError("data.path", path, accepted,
+                        f"Could not read {resolved} as CSV ({err})") from None
     columns = {
         name: np.array([row[j] for row in rows], dtype=str) for j, name in enumerate(names)
     }
@@ -211,13 +211,13 @@ def _read_csv(path: Any, resolved: Path) -> _Table:
 def _check_header(path: Any, resolved: Path, names: list[str], accepted: str) -> None:
     """Header names must be non-empty and unique."""
     if any(name == "" for name in names):
-        raise DataError("data.path", path, f"The header of {resolved} has an empty column name",
-                        accepted)
+        raise ConfigError("data.path", path, accepted,
+                        f"The header of {resolved} has an empty column name")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise DataError("data.path", path,
-                        f"The header of {resolved} repeats column(s) {', '.join(duplicates)}",
-                        accepted)
+        raise ConfigError("data.path", path,
+                        accepted,
+                        f"The header of {resolved} repeats column(s) {', '.join(duplicates)}")
 
 
 def _read_npz(path: Any, resolved: Path) -> _Table:
@@ -227,10 +227,10 @@ def _read_npz(path: Any, resolved: Path) -> _Table:
         with np.load(resolved, allow_pickle=False) as archive:
             columns = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
-        raise DataError("data.path", path, f"Could not read {resolved} as .npz ({err})",
-                        accepted) from None
+        raise ConfigError("data.path", path, accepted,
+                        f"Could not read {resolved} as .npz ({err})") from None
     if not columns:
-        raise DataError("data.path", path, f"{resolved} holds no arrays", accepted)
+        raise ConfigError("data.path", path, accepted, f"{resolved} holds no arrays")
     return _Table(path, resolved, columns, None)
 
 
@@ -239,9 +239,9 @@ def _check_columns(table: _Table, key: str, value: Any, names: list[str]) -> Non
     """Every requested name must be a column of the file."""
     missing = [name for name in names if name not in table.columns]
     if missing:
-        raise DataError(key, value,
-                        f"Column(s) {', '.join(map(repr, missing))} not found in {table.path}",
-                        f"column names in the file: {table.available()}")
+        raise ConfigError(key, value,
+                        f"column names in the file: {table.available()}",
+                        f"Column(s) {', '.join(map(repr, missing))} not found in {table.path}")
 
 
 def _common_length(table: _Table, names: list[str]) -> int:
@@ -250,15 +250,15 @@ def _common_length(table: _Table, names: list[str]) -> int:
     for name in names:
         array = table.columns[name]
         if array.ndim not in (1, 2):
-            raise DataError("data.path", table.given,
-                            f"Array {name!r} has shape {array.shape}",
-                            "1-D arrays [n], or 2-D arrays [n, k] used as k columns")
+            raise ConfigError("data.path", table.given,
+                            "1-D arrays [n], or 2-D arrays [n, k] used as k columns",
+                            f"Array {name!r} has shape {array.shape}")
         lengths[name] = array.shape[0]
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{name}: {length}" for name, length in lengths.items())
-        raise DataError("data.path", table.given,
-                        f"The columns have different lengths ({shown})",
-                        "arrays with the same number of rows")
+        raise ConfigError("data.path", table.given,
+                        "arrays with the same number of rows",
+                        f"The columns have different lengths ({shown})")
     return next(iter(lengths.values()))
 
 
@@ -282,19 +282,19 @@ def _to_float(table: _Table, key: str, name: str, array: np.ndarray) -> np.ndarr
             values = strings.astype(np.float64)
         except ValueError:
             row = _first_unparsable(strings)
-            raise DataError(key, name,
+            raise ConfigError(key, name,
+                            accepted,
                             f"Column {name!r} has non-numeric value {str(strings.flat[row])!r} at "
-                            f"{table.where(row // _width(strings))} of {table.path}",
-                            accepted) from None
+                            f"{table.where(row // _width(strings))} of {table.path}") from None
     else:
-        raise DataError(key, name, f"Column {name!r} has unsupported dtype {array.dtype}",
-                        accepted)
+        raise ConfigError(key, name, accepted,
+                        f"Column {name!r} has unsupported dtype {array.dtype}")
     finite = np.isfinite(values)
     if not finite.all():
         flat = int(np.argmin(finite.reshape(-1)))
-        raise DataError(key, name,
-                        f"Column {name!r} has value {values.flat[flat]} at "
-                        f"{table.where(flat // _width(values))} of {table.path}", accepted)
+        raise ConfigError(key, name,
+                        accepted, f"Column {name!r} has value {values.flat[flat]} at "
+                        f"{table.where(flat // _width(values))} of {table.path}")
     return values
 
 
@@ -323,9 +323,9 @@ def _class_labels(table: _Table, name: str) -> tuple[torch.Tensor, int]:
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:
-        raise DataError("data.target", name,
-                        f"Column {name!r} has shape {array.shape}, not one label per row",
-                        accepted)
+        raise ConfigError("data.target", name,
+                        accepted,
+                        f"Column {name!r} has shape {array.shape}, not one label per row")
     if array.dtype.kind in "US":
         labels = np.char.strip(array.astype(str))
         try:
@@ -335,26 +335,26 @@ def _class_labels(table: _Table, name: str) -> tuple[torch.Tensor, int]:
     elif array.dtype.kind in "biuf":
         labels, numbers = None, array.astype(np.float64)
     else:
-        raise DataError("data.target", name, f"Column {name!r} has unsupported dtype "
-                        f"{array.dtype}", accepted)
+        raise ConfigError("data.target", name, accepted, f"Column {name!r} has unsupported dtype "
+                        f"{array.dtype}")
 
     if numbers is not None:
         bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
         if bad.any():
             row = int(np.argmax(bad))
-            raise DataError("data.target", name,
-                            f"Column {name!r} has non-integer label {numbers[row]} at "
-                            f"{table.where(row)} of {table.path}", accepted)
+            raise ConfigError("data.target", name,
+                            accepted, f"Column {name!r} has non-integer label {numbers[row]} at "
+                            f"{table.where(row)} of {table.path}")
         classes, codes = np.unique(numbers, return_inverse=True)
     else:
         empty = labels == ""
         if empty.any():
             row = int(np.argmax(empty))
-            raise DataError("data.target", name,
-                            f"Column {name!r} has an empty label at {table.where(row)} of "
-                            f"{table.path}", accepted)
+            raise ConfigError("data.target", name,
+                            accepted, f"Column {name!r} has an empty label at {table.where(row)} of "
+                            f"{table.path}")
         classes, codes = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
-        raise DataError("data.target", name,
-                        f"Column {name!r} holds a single class ({classes[0].item()!r})", accepted)
+        raise ConfigError("data.target", name,
+                        accepted, f"Column {name!r} holds a single class ({classes[0].item()!r})")
     return torch.from_numpy(codes.reshape(-1).astype(np.int64)), int(len(classes))

@@ -11,26 +11,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from app.data.base import DataError, DataSplits, is_int, is_real, make_splits, validate_fractions
+from app.data.base import DataSplits, is_int, is_real, make_splits, validate_fractions
+from app.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- validation helpers
 def _check_int(name: str, value: Any, minimum: int) -> None:
-    """Raise DataError keyed `data.<name>` unless `value` is an integer >= minimum."""
+    """Raise ConfigError keyed `data.<name>` unless `value` is an integer >= minimum."""
     if not is_int(value) or value < minimum:
-        raise DataError(
-            f"data.{name}", value, f"`{name}` must be an integer of at least {minimum}",
-            f"an integer >= {minimum}",
+        raise ConfigError(
+            f"data.{name}", value, f"an integer >= {minimum}",
+            f"`{name}` must be an integer of at least {minimum}",
         )
 
 
 def _check_nonneg(name: str, value: Any, *, strict: bool = False) -> None:
-    """Raise DataError keyed `data.<name>` unless `value` is finite and >= 0 (> 0 if strict)."""
+    """Raise ConfigError keyed `data.<name>` unless `value` is finite and >= 0 (> 0 if strict)."""
     if not is_real(value) or value < 0 or (strict and value == 0):
         bound = "> 0" if strict else ">= 0"
-        raise DataError(
-            f"data.{name}", value, f"`{name}` must be a finite number {bound}",
-            f"a finite number {bound}",
+        raise ConfigError(
+            f"data.{name}", value, f"a finite number {bound}",
+            f"`{name}` must be a finite number {bound}",
         )
 
 
@@ -39,7 +40,7 @@ def _check_common(n_samples: Any, val_fraction: Any, test_fraction: Any, seed: A
     _check_int("n_samples", n_samples, 10)
     validate_fractions(val_fraction, test_fraction)
     if not is_int(seed):
-        raise DataError("data.seed", seed, "The data seed must be an integer", "an integer")
+        raise ConfigError("data.seed", seed, "an integer", "The data seed must be an integer")
 
 
 def _class_counts(n_samples: int, n_classes: int) -> list[int]:
@@ -106,8 +107,8 @@ def spirals(
     _check_common(n_samples, val_fraction, test_fraction, seed)
     _check_int("n_classes", n_classes, 2)
     if n_samples < n_classes:
-        raise DataError("data.n_samples", n_samples, "Every class needs at least one sample",
-                        f"an integer >= n_classes ({n_classes})")
+        raise ConfigError("data.n_samples", n_samples, f"an integer >= n_classes ({n_classes})",
+                        "Every class needs at least one sample")
     _check_nonneg("noise", noise)
     _check_nonneg("turns", turns, strict=True)
 
@@ -144,8 +145,8 @@ def blobs(
     _check_common(n_samples, val_fraction, test_fraction, seed)
     _check_int("n_classes", n_classes, 2)
     if n_samples < n_classes:
-        raise DataError("data.n_samples", n_samples, "Every class needs at least one sample",
-                        f"an integer >= n_classes ({n_classes})")
+        raise ConfigError("data.n_samples", n_samples, f"an integer >= n_classes ({n_classes})",
+                        "Every class needs at least one sample")
     _check_int("n_features", n_features, 1)
     _check_nonneg("cluster_std", cluster_std, strict=True)
 

@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from app import targets
-from app.config import ConfigError
+from app.errors import ConfigError
 from app.records import read_json, write_json
 from app.search.internals import storage as storage_of
 from app.search.internals import trial_id
