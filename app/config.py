@@ -138,7 +138,7 @@ class PlateauConf(SchedulerBase):
 
 @dataclass
 class WarmupCosineConf(SchedulerBase):
-    _target_: str = "app.schedulers.warmup_cosine"
+    _target_: str = "app.train.schedulers.warmup_cosine"
     warmup_steps: int = 5
     total_steps: int = "${trainer.epochs}"  # type: ignore[assignment]
     min_lr_ratio: float = 0.0
@@ -208,7 +208,7 @@ class Config:
 
     seed: int = 42
     deterministic: bool = False  # PyTorch deterministic algorithms (refusing ops are named)
-    seeds: Optional[List[int]] = None  # several seeds in one run: objective = their mean (app/seeds.py)
+    seeds: Optional[List[int]] = None  # several seeds in one run: objective = their mean (app/run/seeds.py)
     task_name: str = "train"
     data: Any = MISSING
     model: Any = MISSING
@@ -218,9 +218,9 @@ class Config:
     device: DeviceConf = field(default_factory=DeviceConf)
     logger: Any = None
     trainer: TrainerConf = field(default_factory=TrainerConf)
-    resume: Optional[str] = None  # a run directory to continue (app/resume.py)
+    resume: Optional[str] = None  # a run directory to continue (app/run/resume.py)
     resume_force: bool = False  # resume even with overrides that change the result
-    preflight: bool = False  # check that one training step works, then exit (app/preflight.py)
+    preflight: bool = False  # check that one training step works, then exit (app/tools/preflight.py)
     # Module prefixes whose `_target_`s a config may build, besides app, torch and optuna
     # (app/targets.py): e.g. [my_lab] for `_target_: my_lab.models.Net`.
     trusted_modules: List[str] = field(default_factory=list)

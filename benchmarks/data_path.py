@@ -21,8 +21,8 @@ from common import DEFAULT_TASK, Workload, alternate, finish, header, median, pa
 
 import torch  # noqa: E402
 
-from app.tasks import TASKS  # noqa: E402
-from app.trainer import Trainer  # noqa: E402
+from app.train.tasks import TASKS  # noqa: E402
+from app.train.trainer import Trainer  # noqa: E402
 from baselines import TemplateLoop  # noqa: E402
 
 TARGETS = {"cpu": 0.5, "cuda": 0.2}

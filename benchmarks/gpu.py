@@ -21,8 +21,8 @@ import torch  # noqa: E402
 
 from app.data import Split, TensorBatches  # noqa: E402
 from app.models import MLP  # noqa: E402
-from app.tasks import TASKS  # noqa: E402
-from app.trainer import Trainer  # noqa: E402
+from app.train.tasks import TASKS  # noqa: E402
+from app.train.trainer import Trainer  # noqa: E402
 
 TARGET = 0.65
 HAND_WRITTEN = "hand-written step, bf16 autocast + torch.compile (reference)"
@@ -100,9 +100,9 @@ def hand_written(width, layers, batch, steps_per_epoch, epochs, device):
 
 
 def COMPILE_BACKEND() -> str:
-    import app.acceleration
+    import app.train.acceleration
 
-    return app.acceleration.COMPILE_BACKEND
+    return app.train.acceleration.COMPILE_BACKEND
 
 
 def main() -> None:
@@ -116,9 +116,9 @@ def main() -> None:
     if device.type != "cuda":
         print("gpu.py measures a CUDA GPU; none here")
         if args.quick:  # the script's own code paths, on the CPU, for the test suite
-            import app.acceleration
+            import app.train.acceleration
 
-            app.acceleration.COMPILE_BACKEND = "aot_eager"  # inductor takes ~20 s per graph on a CPU
+            app.train.acceleration.COMPILE_BACKEND = "aot_eager"  # inductor takes ~20 s per graph on a CPU
             args.width, args.batch = 64, 32
         else:
             raise SystemExit(1)

@@ -21,8 +21,8 @@ from common import (DEFAULT_TASK, Workload, alternate, finish, header, median, p
 
 import torch  # noqa: E402
 
-from app.tasks import TASKS  # noqa: E402
-from app.trainer import Trainer  # noqa: E402
+from app.train.tasks import TASKS  # noqa: E402
+from app.train.trainer import Trainer  # noqa: E402
 from baselines import HandWrittenLoop  # noqa: E402
 
 TARGET = 1.03

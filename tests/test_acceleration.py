@@ -10,13 +10,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from app import acceleration
-from app.acceleration import CompiledModule, check_device_options
+from app.train import acceleration
+from app.train.acceleration import CompiledModule, check_device_options
 from app.callbacks import Callback, Checkpoint
 from app.config import validate
 from app.errors import ConfigError
-from app.tasks import TASKS
-from app.trainer import Trainer
+from app.train.tasks import TASKS
+from app.train.trainer import Trainer
 from tests.test_trainer import ListBatches, regression_batches
 
 REGRESSION = TASKS["regression"]
@@ -291,7 +291,7 @@ def test_no_host_sync_per_step_with_speed_options(monkeypatch, options):
 
 
 def test_adam_and_adamw_are_fused_by_default_and_bad_combinations_are_config_errors(compose_cfg):
-    from app import build
+    from app.run import build
 
     model = mlp()
     for name in ("adamw", "adam"):
@@ -305,8 +305,8 @@ def test_adam_and_adamw_are_fused_by_default_and_bad_combinations_are_config_err
 
 def test_grad_scaler_state_travels_with_the_trainer_state():
     """A resumed 16-mixed run continues with the loss scale it had, not the initial one."""
-    from app.tasks import TASKS
-    from app.trainer import Trainer
+    from app.train.tasks import TASKS
+    from app.train.trainer import Trainer
 
     def trainer():
         model = torch.nn.Linear(2, 1)

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from app import faults
-from app.build import seed_everything
+from app.run import faults
+from app.run.build import seed_everything
 from app.callbacks import Callback, Checkpoint, CSVLogger, EarlyStopping, atomic_save
 from app.callbacks import checkpoint as checkpoint_module
 from app.data import TensorBatches, regression_1d
 from app.models import MLP
-from app.reproducibility import rng_state, set_rng_state
-from app.tasks import TASKS
-from app.trainer import TIMING_METRICS, Trainer
+from app.run.reproducibility import rng_state, set_rng_state
+from app.train.tasks import TASKS
+from app.train.trainer import TIMING_METRICS, Trainer
 
 
 class Interrupted(Exception):

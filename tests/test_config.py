@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from app import build
+from app.run import build
 from app.config import validate
 from app.errors import ConfigError
-from app.tasks import TASKS, task_of
+from app.train.tasks import TASKS, task_of
 from tests.conftest import CONF, ROOT
 
 GROUPS = ["model", "optimizer", "scheduler", "early_stopping", "device", "data", "logger", "trainer",

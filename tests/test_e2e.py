@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from app.trainer import TIMING_METRICS
+from app.train.trainer import TIMING_METRICS
 from tests.conftest import FAST, run_dirs
 
 pytestmark = pytest.mark.slow

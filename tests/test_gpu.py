@@ -13,8 +13,8 @@ from torch import nn
 
 from app.callbacks import Callback, Checkpoint
 from app.data import Split, TensorBatches
-from app.tasks import TASKS
-from app.trainer import Trainer
+from app.train.tasks import TASKS
+from app.train.trainer import Trainer
 from tests.conftest import run_dirs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from app.callbacks import CSVLogger, HealthMonitor
-from app.tasks import TASKS
-from app.trainer import Trainer
+from app.train.tasks import TASKS
+from app.train.trainer import Trainer
 from tests.test_acceleration import SizedBatches, mlp
 from tests.test_trainer import regression_batches
 

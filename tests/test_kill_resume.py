@@ -1,5 +1,5 @@
 """Kill `python -m app` with SIGKILL at chosen points, resume it, and get the uninterrupted run's
-numbers and weights, bit for bit (CPU). The kill points are app/faults.py's test hooks."""
+numbers and weights, bit for bit (CPU). The kill points are app/run/faults.py's test hooks."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from app.trainer import TIMING_METRICS
+from app.train.trainer import TIMING_METRICS
 from tests.conftest import run_dirs
 
 pytestmark = pytest.mark.slow

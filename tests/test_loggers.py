@@ -16,8 +16,8 @@ from torch import nn
 
 from app.callbacks import Callback, Checkpoint, CSVLogger
 from app.callbacks.logger import Logger, flatten
-from app.tasks import TASKS
-from app.trainer import Trainer
+from app.train.tasks import TASKS
+from app.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_CONFIG = {

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from app import doctor, preflight
-from app.reproducibility import set_deterministic
+from app.tools import doctor, preflight
+from app.run.reproducibility import set_deterministic
 from tests.conftest import FAST
 
 

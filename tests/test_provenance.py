@@ -6,9 +6,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from app import provenance, resume
+from app.run import provenance, resume
 from app.errors import ConfigError
-from app.records import provenance as provenance_record
+from app.run.record import provenance as provenance_record
 
 
 def test_config_hash_ignores_result_neutral_keys_only(compose_cfg):
@@ -86,15 +86,15 @@ def test_resume_argv_refuses_what_is_not_one_run(tmp_path, monkeypatch, args, wo
 def test_launch_routes_preflight_and_preflight_of_a_resume(tmp_path, monkeypatch, compose_cfg):
     import sys
 
-    import app.preflight
-    from app.launch import launch
+    import app.tools.preflight
+    from app.run.launch import launch
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(compose_cfg(), run / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(["model.nodes=8", "seed=5"]), run / ".hydra" / "overrides.yaml")
     seen = []
-    monkeypatch.setattr(app.preflight, "main", lambda overrides: seen.append(overrides) or 0)
+    monkeypatch.setattr(app.tools.preflight, "main", lambda overrides: seen.append(overrides) or 0)
     for argv in (["preflight=true", "seed=3"], ["preflight=true", f"resume={run}", "seed=3"]):
         monkeypatch.setattr(sys, "argv", ["app", *argv])
         with pytest.raises(SystemExit) as info:

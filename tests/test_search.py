@@ -21,10 +21,11 @@ from app.callbacks import Checkpoint
 from app.callbacks.pruning import Pruning
 from app.config import validate
 from app.errors import ConfigError
-from app.records import read_json, write_json
-from app.report import edge_warning, grid_report, optuna_report, write_report
+from app.run.record import read_json, write_json
+from app.search.report import edge_warning, grid_report, optuna_report, write_report
 from app.search import sweeper as sweeper_module
 from app.search.pruners import CurveExtrapolationPruner, extrapolate
+from app.run.record import Summary
 from app.search.study import TRIAL_ENV, rdb_storage
 from app.search.sweeper import (
     StudySweeper,
@@ -34,7 +35,7 @@ from app.search.sweeper import (
     outcome_from_summary,
 )
 from app.search.trial import OptunaTrial, mean_curve
-from app.seeds import aggregate
+from app.run.seeds import aggregate
 from tests.test_trainer import make_trainer, regression_batches, script_val_loss
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -157,16 +158,16 @@ def test_pruning_first_lets_the_checkpoint_of_the_pruned_epoch_be_written(tmp_pa
 
 # ----------------------------------------------------------------------------- outcomes
 def test_run_statuses_map_to_trial_states():
-    assert outcome_from_summary({"status": "completed", "objective": 0.3}, 0.3).state == TrialState.COMPLETE
-    assert outcome_from_summary({"status": "early_stopped"}, 0.25).value == 0.25
-    pruned = outcome_from_summary({"status": "pruned", "message": "pruned at epoch 4", "epochs_run": 4}, math.inf)
+    assert outcome_from_summary(Summary.from_dict({"status": "completed", "objective": 0.3}), 0.3).state == TrialState.COMPLETE
+    assert outcome_from_summary(Summary.from_dict({"status": "early_stopped"}), 0.25).value == 0.25
+    pruned = outcome_from_summary(Summary.from_dict({"status": "pruned", "message": "pruned at epoch 4", "epochs_run": 4}), math.inf)
     assert (pruned.state, pruned.value, pruned.reason, pruned.epochs_run) == (TrialState.PRUNED, None, "pruned at epoch 4", 4)
-    diverged = outcome_from_summary({"status": "diverged", "message": "non-finite loss at epoch 2"}, math.inf)
+    diverged = outcome_from_summary(Summary.from_dict({"status": "diverged", "message": "non-finite loss at epoch 2"}), math.inf)
     assert diverged.state == TrialState.PRUNED and diverged.status == "diverged"
-    failed = outcome_from_summary({"status": "failed", "error": "RuntimeError: boom"})
+    failed = outcome_from_summary(Summary.from_dict({"status": "failed", "error": "RuntimeError: boom"}))
     assert failed.state == TrialState.FAIL and not failed.interrupted and "boom" in failed.reason
-    assert outcome_from_summary({"status": "failed", "error": "KeyboardInterrupt: "}).interrupted
-    assert outcome_from_summary({"status": "completed"}, math.nan).state == TrialState.FAIL
+    assert outcome_from_summary(Summary.from_dict({"status": "failed", "error": "KeyboardInterrupt: "})).interrupted
+    assert outcome_from_summary(Summary.from_dict({"status": "completed"}), math.nan).state == TrialState.FAIL
     assert outcome_from_summary(None, "0.5").value == 0.5  # not this app's task: the plugin's rule
     assert outcome_from_summary(None, "oops").state == TrialState.FAIL
 
@@ -366,15 +367,15 @@ def test_seed_summaries_aggregate_to_mean_and_std():
     per_seed = [{"seed": s, "status": "completed", "objective": v, "best": v, "epochs_run": 3, "wall_time_s": 1.0,
                  "test": {"test_loss": v}} for s, v in ((1, 0.1), (2, 0.2), (3, 0.6))]
     summary = aggregate(per_seed, [1, 2, 3], "val_loss", "min")
-    assert summary["status"] == "completed"
-    assert summary["objective"] == pytest.approx(0.3)
-    assert summary["objective_std"] == pytest.approx(math.sqrt(((0.2) ** 2 + 0.1 ** 2 + 0.3 ** 2) / 2))
-    assert summary["epochs_run"] == 9 and summary["test"] == {"test_loss": pytest.approx(0.3)}
+    assert summary.status == "completed"
+    assert summary.objective == pytest.approx(0.3)
+    assert summary.objective_std == pytest.approx(math.sqrt(((0.2) ** 2 + 0.1 ** 2 + 0.3 ** 2) / 2))
+    assert summary.epochs_run == 9 and summary.test == {"test_loss": pytest.approx(0.3)}
     pruned = aggregate(per_seed[:1] + [{"seed": 2, "status": "pruned", "message": "pruned at epoch 4",
                                         "objective": math.inf, "best": 0.9, "epochs_run": 4}], [1, 2, 3], "val_loss", "min")
-    assert pruned["status"] == "pruned" and pruned["objective"] == math.inf
-    assert [s["seed"] for s in pruned["per_seed"]] == [1, 2] and "seed 2: pruned at epoch 4" == pruned["message"]
-    assert aggregate(per_seed[:1], [7], "val_accuracy", "max")["objective_std"] == 0.0
+    assert pruned.status == "pruned" and pruned.objective == math.inf
+    assert [s["seed"] for s in pruned.per_seed] == [1, 2] and "seed 2: pruned at epoch 4" == pruned.message
+    assert aggregate(per_seed[:1], [7], "val_accuracy", "max").objective_std == 0.0
 
 
 @pytest.mark.parametrize("seeds", ["[]", "[1,1]", "[-1,2]"])
@@ -452,7 +453,7 @@ def test_grid_report_uses_the_overrides_that_vary(tmp_path):
 
 
 def test_report_command_refuses_what_it_cannot_report_in_one_line(tmp_path, capsys):
-    from app.report import main
+    from app.search.report import main
 
     assert main([str(tmp_path / "nowhere")]) == 2
     assert main([str(tmp_path)]) == 2  # a directory without sweep jobs

@@ -66,7 +66,7 @@ def test_bad_regions_are_pruned_or_failed_with_reasons_and_reported(run_app, tmp
         assert (sweep_dir / name).stat().st_size > 0
     assert "Sweep report" in proc.stdout + proc.stderr
     out = tmp_path / "again"
-    report = subprocess.run([sys.executable, "-m", "app.report", str(sweep_dir), "--out", str(out)],
+    report = subprocess.run([sys.executable, "-m", "app.search.report", str(sweep_dir), "--out", str(out)],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert report.returncode == 0, report.stderr
     table = report.stdout.splitlines()

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from app.callbacks import Callback, EarlyStopping, improves
-from app.tasks import TASKS
-from app.trainer import Trainer
+from app.train.tasks import TASKS
+from app.train.trainer import Trainer
 
 REGRESSION = TASKS["regression"]
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from app.trainer import FitResult, Trainer
+# The loop imports this module, so it names the loop's types without importing them:
+# `trainer` is the running `app.train.trainer.Trainer`, `result` its `FitResult`.
+Trainer = FitResult = Any
 
 
 class Callback:

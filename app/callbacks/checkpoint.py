@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from app import faults
+from app.run import faults
 from app.callbacks.base import Callback
-from app.reproducibility import rng_state, set_rng_state
+from app.run.reproducibility import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # 2: full state (trainer, RNGs, data order); 1 had weights and optimizer only

@@ -8,7 +8,7 @@ import time
 
 from app.callbacks.base import Callback
 
-log = logging.getLogger("app.trainer")
+log = logging.getLogger("app.train.trainer")
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

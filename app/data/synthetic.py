@@ -164,7 +164,7 @@ def blobs(
     )
 
 
-# The task each builder produces, known before any data is made (see app.tasks.task_of).
+# The task each builder produces, known before any data is made (see app.train.tasks.task_of).
 regression_1d.task = "regression"
 spirals.task = "classification"
 blobs.task = "classification"

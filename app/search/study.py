@@ -6,7 +6,7 @@
   processes (the sweeper and `hydra/launcher=joblib` workers) can write at once.
 - `<sweep dir>/study.json` (`StudyFile`): the storage URL, the study's name and direction, the
   resolved pruner config and how many jobs run at once. Jobs read it to find their study, and
-  `python -m app.report <sweep dir>` reads it to find the trials.
+  `python -m app.search.report <sweep dir>` reads it to find the trials.
 - `trial_state`: the Optuna state a run's status is told as.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ STUDY_FILE = "study.json"
 TRIAL_ENV = "APP_OPTUNA_TRIAL_ID"  # set for each job (hydra.job.env_set): the Optuna trial id
 SQLITE_TIMEOUT_S = 60.0  # how long a writer waits for another process's lock on the file
 
-# How each run status (app/records.py STATUSES) is told to Optuna. A diverged run is PRUNED, not
+# How each run status (app/run/record.py STATUSES) is told to Optuna. A diverged run is PRUNED, not
 # FAIL: samplers learn from pruned trials (TPE ranks them below every completed trial) but ignore
 # failed ones, and a divergence says something about the hyperparameters, while FAIL is kept for
 # runs that raised (a bug, a crash), which count against hydra.sweeper.max_failure_rate.
@@ -54,7 +54,7 @@ def default_storage(study_name: str, launch_dir: str | Path) -> str:
 
 def absolute_storage(url: str, launch_dir: str | Path) -> str:
     """`sqlite:///relative.db` resolved against the launch dir, so that workers and
-    `app.report` find the same file whatever their working directory; other URLs unchanged."""
+    `app.search.report` find the same file whatever their working directory; other URLs unchanged."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         return prefix + str(Path(launch_dir).resolve() / url[len(prefix):])
@@ -122,7 +122,7 @@ class StudyFile:
     n_trials: int | None = None
 
     def write(self, sweep_dir: str | Path) -> Path:
-        from app.records import write_json
+        from app.run.record import write_json
 
         path = Path(sweep_dir) / STUDY_FILE
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ from optuna.trial import TrialState
 
 from app import targets
 from app.errors import ConfigError
-from app.records import read_json, write_json
+from app.run.record import Status, Summary
 from app.search.internals import storage as storage_of
 from app.search.internals import trial_id
 from app.search.study import (
@@ -74,23 +74,23 @@ class Outcome:
     interrupted: bool = False
 
 
-def outcome_from_summary(summary: dict[str, Any] | None, return_value: Any = None) -> Outcome:
-    """The outcome of a job from its run dir's summary.json (None: not written)."""
+def outcome_from_summary(summary: Summary | None, return_value: Any = None) -> Outcome:
+    """The outcome of a job from its run dir's summary (None: not written)."""
     if summary is None:  # a task function that is not this app's: the plugin's rule
         try:
-            return Outcome(TrialState.COMPLETE, float(return_value), "completed")
+            return Outcome(TrialState.COMPLETE, float(return_value), Status.COMPLETED)
         except (TypeError, ValueError):
-            return Outcome(TrialState.FAIL, None, "failed", f"return value {return_value!r} is not a float")
-    status = summary.get("status", "failed")
-    reason = summary.get("message") or summary.get("error") or ""
-    epochs = summary.get("epochs_run")
-    interrupted = status == "failed" and str(summary.get("error", "")).startswith("KeyboardInterrupt")
+            return Outcome(TrialState.FAIL, None, Status.FAILED, f"return value {return_value!r} is not a float")
+    status, reason = summary.status, summary.reason
+    interrupted = summary.interrupted or (
+        status == Status.FAILED and str(summary.error or "").startswith("KeyboardInterrupt"))
     state, value = trial_state(status), None
     if state == TrialState.COMPLETE:
-        value = float(return_value if return_value is not None else summary.get("objective", math.nan))
+        objective = summary.objective if summary.objective is not None else math.nan
+        value = float(return_value if return_value is not None else objective)
         if not math.isfinite(value):
             state, reason = TrialState.FAIL, f"non-finite objective {value} for status {status}"
-    return Outcome(state, value, status, reason, epochs, interrupted)
+    return Outcome(state, value, status, reason, summary.epochs_run, interrupted)
 
 
 def run_dir_of(ret: JobReturn) -> Path | None:
@@ -110,13 +110,11 @@ def job_error(ret: JobReturn) -> BaseException:
 
 
 def job_outcome(ret: JobReturn) -> Outcome:
-    run_dir = run_dir_of(ret)
-    summary_path = run_dir / "summary.json" if run_dir is not None else None
-    summary = read_json(summary_path) if summary_path is not None and summary_path.exists() else None
+    summary = Summary.read(run_dir_of(ret))
     if ret.status == JobStatus.FAILED:
         error = job_error(ret)
-        epochs = summary.get("epochs_run") if summary else None
-        return Outcome(TrialState.FAIL, None, "failed", f"{type(error).__name__}: {error}", epochs,
+        epochs = summary.epochs_run if summary is not None else None
+        return Outcome(TrialState.FAIL, None, Status.FAILED, f"{type(error).__name__}: {error}", epochs,
                        isinstance(error, KeyboardInterrupt))
     return outcome_from_summary(summary, ret.return_value)
 
@@ -334,17 +332,17 @@ class StudySweeper(OptunaSweeperImpl):
                     log.info("Trial %d is running on %s; left alone", trial.number, owner_attr.get("host"))
                 continue
             run_dir = trial.user_attrs.get("run_dir")
-            summary_path = Path(run_dir) / "summary.json" if run_dir else None
-            if summary_path is not None and summary_path.exists():
-                outcome = outcome_from_summary(read_json(summary_path))
+            summary = Summary.read(run_dir)
+            if summary is not None:
+                outcome = outcome_from_summary(summary)
                 log.info("Trial %d had finished (%s) when its sweep stopped: told %s",
                          trial.number, outcome.status, outcome.state.name)
             else:
                 who = f"pid {owner_attr.get('pid')}" if owner_attr else "unknown"
                 reason = f"interrupted: its sweep process ({who}) ended while the trial ran"
-                outcome = Outcome(TrialState.FAIL, None, "failed", reason, interrupted=True)
-                if summary_path is not None and summary_path.parent.is_dir():
-                    write_json(summary_path, {"status": "failed", "error": reason, "interrupted": True})
+                outcome = Outcome(TrialState.FAIL, None, Status.FAILED, reason, interrupted=True)
+                if run_dir and Path(run_dir).is_dir():
+                    Summary(Status.FAILED, error=reason, interrupted=True).write(run_dir)
                 log.warning("Trial %d: %s; it will be run again", trial.number, reason)
             self._record(storage, trial_id(trial), outcome, run_dir)
             self._finish(study, trial.number, outcome)
@@ -428,12 +426,11 @@ class StudySweeper(OptunaSweeperImpl):
             if frozen.state != TrialState.RUNNING:
                 continue
             run_dir = frozen.user_attrs.get("run_dir")
-            summary_path = Path(run_dir) / "summary.json" if run_dir else None
-            summary = read_json(summary_path) if summary_path is not None and summary_path.exists() else None
-            if isinstance(error, SystemExit) and summary is not None and summary.get("status") == "failed":
+            summary = Summary.read(run_dir)
+            if isinstance(error, SystemExit) and summary is not None and summary.status == Status.FAILED:
                 outcome = outcome_from_summary(summary)
             else:
-                outcome = Outcome(TrialState.FAIL, None, "failed",
+                outcome = Outcome(TrialState.FAIL, None, Status.FAILED,
                                   f"interrupted: the sweep stopped ({type(error).__name__})", interrupted=True)
             self._record(storage_of(study), trial_id(trial), outcome, run_dir)
             self._finish(study, trial.number, outcome)

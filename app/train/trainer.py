@@ -14,7 +14,7 @@ learning rates, training health (grad_norm, grad_norm_max, samples_per_s, peak_m
 epoch_time.
 
 Speed options (mixed precision, torch.compile, CUDA graphs, gradient clipping and accumulation)
-change what one step does, not the shape of the loop; their helpers live in `app.acceleration`.
+change what one step does, not the shape of the loop; their helpers live in `app.train.acceleration`.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from app import acceleration
+from app.train import acceleration
 from app.callbacks.base import Callback, improves
-from app.tasks import Task
+from app.train.tasks import Task
 
 Batches = Iterable[tuple[Tensor, Tensor]]  # also needs a `num_samples` attribute
 # Metrics that time the run: they differ between runs that are otherwise bit for bit the same.
@@ -216,7 +216,7 @@ class Trainer:
             started = time.perf_counter()
             self._start_health()
             self._train_clock.start()
-            train_sums, steps = self._train_epoch(train)
+            train_sums, steps = self.train_epoch(train)
             self._train_clock.stop()
             validate = val is not None and (epoch % self.val_every == 0 or epoch == self.epochs)
             sums = [train_sums]
@@ -276,7 +276,7 @@ class Trainer:
         self._emit("on_fit_end", result)
         return result
 
-    def _train_epoch(self, batches: Batches) -> tuple[Tensor, int]:
+    def train_epoch(self, batches: Batches) -> tuple[Tensor, int]:
         """One pass over `batches`, updating the model. Returns ([loss_sum] on the device, the
         number of optimizer steps)."""
         self.model.train()

@@ -4,9 +4,9 @@
 numbers (`RESULT_NEUTRAL`: logging, progress, checkpoint cadence, naming) and the keys that only
 say how to launch (`RUNTIME_KEYS`); `config_hash` is its sha256. Two runs with the same hash, git
 commit and diff hash ran the same experiment. Resuming uses the same split to decide which
-changed overrides it accepts (see app/resume.py).
+changed overrides it accepts (see app/run/resume.py).
 
-    python -m app.provenance RUN_DIR_A RUN_DIR_B    # what differs between two runs
+    python -m app.run.provenance RUN_DIR_A RUN_DIR_B    # what differs between two runs
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ FIELDS = ("config_hash", "git_commit", "git_dirty", "git_diff_sha256", "device",
 
 def compare(run_a: Path, run_b: Path) -> tuple[list[tuple[str, Any, Any]], dict[str, tuple[Any, Any]]]:
     """Provenance fields (incl. library versions) and config keys that differ between two runs."""
-    from app.records import read_json
+    from app.run.record import read_json
 
     records = []
     for run in (run_a, run_b):

@@ -1,7 +1,7 @@
 """Reproducibility: PyTorch's deterministic mode, and saving/restoring every random number
 generator a run draws from, so a resumed run continues the exact random streams.
 
-Seeding itself is `app.build.seed_everything`; the shuffling order of the training data has its
+Seeding itself is `app.run.build.seed_everything`; the shuffling order of the training data has its
 own generator, saved by `TensorBatches.state_dict`.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Continue an interrupted run in its own directory: `python -m app resume=<run dir> [overrides]`.
 
-How it fits Hydra: every Hydra run writes a new directory, so `app.launch` rewrites the command
+How it fits Hydra: every Hydra run writes a new directory, so `app.run.launch` rewrites the command
 line before Hydra sees it (`resume_argv`): the run's own overrides (from its
 `.hydra/overrides.yaml`) come first, then the new ones, and `hydra.run.dir` points at the run
 itself with `hydra.output_subdir=null`, so Hydra composes the run's config again, logs into the
@@ -8,7 +8,7 @@ run's log file, creates no new directory, and leaves the run's `.hydra/` records
 
 In the job, `prepare` compares the composed config with the one the run saved when it started:
 a key whose change would change the numbers is refused (naming the key) unless
-`resume_force=true`; keys that cannot (`app.provenance.RESULT_NEUTRAL`) are accepted, and
+`resume_force=true`; keys that cannot (`app.run.provenance.RESULT_NEUTRAL`) are accepted, and
 `trainer.epochs` may be raised to extend a run. Then the app builds everything as for a new run
 and `Resumption.restore` loads `checkpoints/last.pt` into it (see `Checkpoint.restore`).
 """
@@ -25,13 +25,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from app.errors import ConfigError
-from app.provenance import RUNTIME_KEYS, config_changes, config_hash, is_result_neutral
-from app.records import git_state, read_json, write_json
+from app.run.provenance import RUNTIME_KEYS, config_changes, config_hash, is_result_neutral
+from app.run.record import Status, Summary, git_state, read_json, write_json
 
 log = logging.getLogger(__name__)
-FINISHED = ("completed", "early_stopped", "diverged", "pruned")
 EXTENDABLE = "trainer.epochs"
-LAUNCH_ARGV: list[str] | None = None  # the command as typed, set by app.launch before rewriting
+LAUNCH_ARGV: list[str] | None = None  # the command as typed, set by app.run.launch before rewriting
 
 
 # ----------------------------------------------------------------------------- command line
@@ -103,7 +102,7 @@ class Resumption:
     run_dir: Path
     accepted: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # key: (old, new)
     forced: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    finished: dict[str, Any] | None = None  # the run's summary when it has already finished
+    finished: Summary | None = None  # the run's summary when it has already finished
     message: str = ""
 
     def restore(self, trainer, train_batches, checkpoint, device_name: str, cfg: DictConfig) -> int:
@@ -206,17 +205,16 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Resumption:
                     "holds (lr, momentum, T_max, ...) keep their checkpointed values"
                     if held else "; the result is no longer that of the run's config")
 
-    summary_path = resume_dir / "summary.json"
-    summary = read_json(summary_path) if summary_path.exists() else {}
-    status = summary.get("status")
-    extending = status == "completed" and cfg.trainer.epochs > (summary.get("epochs_run") or 0)
-    if status in FINISHED and not extending:
+    summary = Summary.read(resume_dir)
+    finished = summary is not None and summary.status != Status.FAILED  # a failed run is resumed
+    extending = finished and summary.status == Status.COMPLETED and cfg.trainer.epochs > (summary.epochs_run or 0)
+    if finished and not extending:
         resumption.finished = summary
         resumption.message = (
-            f"{resume_dir} already finished ({status} after {summary.get('epochs_run')} epochs, best "
-            f"{summary.get('monitor')}={summary.get('best')} at epoch {summary.get('best_epoch')}): nothing "
-            "to resume" + (f"; raise trainer.epochs above {summary.get('epochs_run')} to extend it"
-                           if status == "completed" else "")
+            f"{resume_dir} already finished ({summary.status} after {summary.epochs_run} epochs, best "
+            f"{summary.monitor}={summary.best} at epoch {summary.best_epoch}): nothing "
+            "to resume" + (f"; raise trainer.epochs above {summary.epochs_run} to extend it"
+                           if summary.status == Status.COMPLETED else "")
         )
     return resumption
 
@@ -225,6 +223,6 @@ def refresh_sweep_summary(run_dir: Path) -> None:
     """A resumed job of a sweep: bring the sweep's summary table up to date."""
     sweep_dir = Path(run_dir).parent
     if (sweep_dir / "multirun.yaml").exists() or (sweep_dir / "sweep_summary.csv").exists():
-        from app.sweep import write_summary
+        from app.search.summary import write_summary
 
         write_summary(Path(run_dir).parent)

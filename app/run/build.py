@@ -1,4 +1,6 @@
-"""Turn the composed config into objects, generically through `hydra.utils.instantiate`.
+"""Build a run from the composed config: `build_run` makes every object a run trains with, in
+order, generically through `hydra.utils.instantiate` (app/targets.py); main, preflight, multi-seed
+runs and resume all build through it.
 
 Mistakes a user can make in a `_target_`'s arguments surface here; they are re-raised as
 `ConfigError` naming the group, so the app prints one paragraph instead of a traceback.
@@ -6,19 +8,28 @@ Mistakes a user can make in a `_target_`'s arguments surface here; they are re-r
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from app import faults, targets
+from app import targets
 from app.callbacks import Callback, Checkpoint, CSVLogger, EarlyStopping, ProgressLogger
-from app.errors import ConfigError
+from app.config import validate
 from app.data import DataSplits, TensorBatches
+from app.errors import ConfigError
+from app.run import faults
+from app.run.device import describe as describe_device
+from app.run.device import resolve_device
+from app.run.reproducibility import set_deterministic
+from app.train.acceleration import check_device_options
+from app.train.tasks import TASKS, Task, task_of
+from app.train.trainer import Trainer
 
 # Keys of a scheduler's config that the trainer reads and the scheduler class must not see.
 SCHEDULER_TRAINER_KEYS = ("interval",)
@@ -124,3 +135,83 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, run_name: str, group: str | 
         logger.run_config = OmegaConf.to_container(cfg, resolve=True)
         callbacks.append(logger)
     return callbacks
+
+
+# ----------------------------------------------------------------------------- the whole run
+@dataclass
+class Run:
+    """Everything one run trains with, built from the composed config by `build_run`."""
+
+    cfg: DictConfig
+    device: torch.device
+    data: DataSplits
+    task: Task
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    callbacks: list[Callback]
+    train: TensorBatches
+    val: TensorBatches
+    test: TensorBatches | None
+    trainer: Trainer
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        return next((cb for cb in self.callbacks if isinstance(cb, Checkpoint)), None)
+
+    def describe(self) -> str:
+        return (f"{self.data.describe()} | {type(self.model).__name__} | "
+                f"{sum(p.numel() for p in self.model.parameters())} parameters | {describe_device(self.device)}")
+
+    def release(self) -> None:
+        """Free the device memory this run holds: jobs of one sweep share a process."""
+        if self.device.type == "cuda":
+            self.model = self.optimizer = self.trainer = self.train = self.val = self.test = None  # type: ignore[assignment]
+            torch.cuda.empty_cache()
+
+
+def _no_stage(name: str) -> AbstractContextManager:
+    return nullcontext()
+
+
+def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: str | None = None,
+              trial: Any = None, stage: Callable[[str], AbstractContextManager] = _no_stage) -> Run:
+    """Build a run from the composed config, in the order a run needs it: checks, device, seeds,
+    data, model, optimizer, scheduler, callbacks (and the trial's pruning callback), batches,
+    Trainer with every trainer option. `stage(name)` wraps each step (preflight times and
+    reports each one; a run passes nothing)."""
+    with stage("config"):
+        task_name = task_of(cfg.data, cfg.trusted_modules)
+        validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
+    with stage("device"):
+        device = resolve_device(cfg.device.type, cfg.device.index)
+        check_device_options(cfg.trainer.precision, device)
+        seed_everything(cfg.seed)
+        set_deterministic(cfg.deterministic)
+    with stage("data"):
+        data = build_data(cfg)
+        task = TASKS[data.task]
+        validate(cfg, task.metric_names())  # again, now that the data has said which task it is
+    with stage("model"):
+        model = build_model(cfg, data)
+    with stage("optimizer"):
+        optimizer = build_optimizer(cfg, model)
+    with stage("scheduler"):
+        scheduler, interval = build_scheduler(cfg, optimizer)
+    with stage("callbacks"):
+        callbacks = build_callbacks(cfg, run_dir, run_name=run_name, group=group)
+        if trial is not None:
+            trial.start_seed(cfg.trainer.epochs)
+            callbacks.insert(0, trial.pruning_callback(cfg.trainer.monitor))
+    with stage("batches"):
+        train, val, test = build_batches(data, cfg, device)
+    with stage("trainer"):
+        t = cfg.trainer
+        trainer = Trainer(
+            model, optimizer, task, device=device, epochs=t.epochs, scheduler=scheduler,
+            scheduler_interval=interval, val_every=t.val_every, monitor=t.monitor, mode=t.mode,
+            callbacks=callbacks, precision=t.precision, compile=t.compile, cuda_graph=t.cuda_graph,
+            grad_clip=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
+            matmul_precision=t.matmul_precision,
+        )
+    return Run(cfg, device, data, task, model, optimizer, scheduler, callbacks, train, val, test, trainer)

@@ -1,4 +1,4 @@
-"""`python -m app.doctor`: what this machine offers the app, as a table.
+"""`python -m app.tools.doctor`: what this machine offers the app, as a table.
 
 Python, torch and its build, CUDA / MPS devices, the Hydra, Optuna, sweep-storage and W&B
 versions (and the W&B mode runs will use), git, and whether `outputs/` under the current
@@ -92,7 +92,7 @@ def wandb_rows(conf_dir: Path) -> list[Row]:
 
 
 def git_row() -> Row:
-    from app.records import git_state
+    from app.run.record import git_state
 
     state = git_state()
     if state["git_commit"] is None:
@@ -116,7 +116,7 @@ def outputs_row(cwd: Path) -> Row:
 
 
 def rows(cwd: Path | None = None) -> list[Row]:
-    from app.main import CONF_DIR
+    from app import CONF_DIR
 
     return [
         ("python", "OK" if sys.version_info >= (3, 10) else "FAIL",

@@ -1,16 +1,16 @@
 """`python -m app`: route the command line before Hydra sees it.
 
-- `preflight=true` runs `app.preflight` on the composed config (with `resume=<run dir>`: on that
+- `preflight=true` runs `app.tools.preflight` on the composed config (with `resume=<run dir>`: on that
   run's config): no run directory is written.
 - `resume=<run dir>` is rewritten so Hydra continues that run in its own directory
-  (`app.resume.resume_argv`).
+  (`app.run.resume.resume_argv`).
 - everything else goes to Hydra unchanged (`app.main.main`).
 """
 from __future__ import annotations
 
 import sys
 
-from app import resume
+from app.run import resume
 from app.errors import ConfigError
 
 
@@ -23,7 +23,7 @@ def launch() -> None:
                 raise ConfigError("preflight", True, "preflight=true without --multirun",
                                   "a preflight checks one configuration")
             if not any(a.startswith("-") for a in args):  # --cfg, --help...: Hydra's business
-                from app.preflight import main as preflight_main
+                from app.tools.preflight import main as preflight_main
 
                 overrides = [a for i, a in enumerate(args) if i != preflight[0]]
                 if resume.find_override(overrides, "resume"):  # check the run's own config

@@ -23,9 +23,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, open_dict
 
 from app.config import validate
-from app.records import worst_value, write_json
-
-ENDED_NORMALLY = ("completed", "early_stopped")
+from app.run.record import Status, Summary, worst_value
 
 
 def with_seed(cfg: DictConfig, seed: int) -> DictConfig:
@@ -42,43 +40,38 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(per_seed: list[dict[str, Any]], seeds: list[int], monitor: str, mode: str) -> dict[str, Any]:
-    """The run's summary from its seeds' summaries (in the order they ran)."""
-    statuses = [s.get("status") for s in per_seed]
-    ended_normally = len(per_seed) == len(seeds) and all(s in ENDED_NORMALLY for s in statuses)
-    status = "completed" if ended_normally else (statuses[-1] if per_seed else "failed")
+def aggregate(per_seed: list[dict[str, Any]], seeds: list[int], monitor: str, mode: str) -> Summary:
+    """The run's summary from its seeds' summaries (dicts, in the order they ran)."""
+    statuses = [Status.of(s.get("status")) for s in per_seed]
+    ended_normally = len(per_seed) == len(seeds) and all(s.ended_normally for s in statuses)
+    status = Status.COMPLETED if ended_normally else (statuses[-1] if per_seed else Status.FAILED)
     objective, objective_std = _mean_std([s.get("objective") for s in per_seed]) if ended_normally else (None, None)
     best, best_std = _mean_std([s.get("best") for s in per_seed])
     test_keys = set.intersection(*(set(s.get("test") or {}) for s in per_seed)) if per_seed else set()
-    summary: dict[str, Any] = {
-        "status": status,
-        "monitor": monitor,
-        "mode": mode,
-        "seeds": list(seeds),
-        "objective": objective if objective is not None else worst_value(mode),
-        "objective_std": objective_std,
-        "best": best,
-        "best_std": best_std,
-        "best_epoch": None,  # per seed: see per_seed
-        "epochs_run": sum(s.get("epochs_run") or 0 for s in per_seed),
-        "wall_time_s": round(sum(s.get("wall_time_s") or 0.0 for s in per_seed), 3),
-        "test": {k: statistics.fmean(s["test"][k] for s in per_seed) for k in sorted(test_keys)},
-        "per_seed": [
+    summary = Summary(
+        status, monitor=monitor, mode=mode, seeds=list(seeds),
+        objective=objective if objective is not None else worst_value(mode), objective_std=objective_std,
+        best=best, best_std=best_std,
+        best_epoch=None,  # per seed: see per_seed
+        epochs_run=sum(s.get("epochs_run") or 0 for s in per_seed),
+        wall_time_s=round(sum(s.get("wall_time_s") or 0.0 for s in per_seed), 3),
+        test={k: statistics.fmean(s["test"][k] for s in per_seed) for k in sorted(test_keys)},
+        per_seed=[
             {key: s.get(key) for key in ("seed", "status", "best", "best_epoch", "epochs_run", "objective", "run_dir")}
             for s in per_seed
         ],
-    }
+    )
     if ended_normally:
-        summary["message"] = (f"{len(seeds)} seeds: {monitor} {objective:.6g} +- {objective_std:.3g}"
-                              if objective is not None else f"{len(seeds)} seeds")
+        summary.message = (f"{len(seeds)} seeds: {monitor} {objective:.6g} +- {objective_std:.3g}"
+                           if objective is not None else f"{len(seeds)} seeds")
     elif per_seed:
         last = per_seed[-1]
-        summary["message"] = f"seed {last.get('seed')}: {last.get('message') or last.get('error') or status}"
+        summary.message = f"seed {last.get('seed')}: {last.get('message') or last.get('error') or status}"
     return summary
 
 
-def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., dict[str, Any]],
-                trial: Any = None) -> dict[str, Any]:
+def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., Summary],
+                trial: Any = None) -> Summary:
     """Run `train(cfg_with_seed, run_dir / f"seed_{n}", trial=trial)` for each of `cfg.seeds`;
     write and return the aggregate summary (see module docstring)."""
     validate(cfg)  # before any seed's directory is made
@@ -96,14 +89,15 @@ def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., dict[str, A
                 per_seed.append({"seed": seed, "status": "failed", "run_dir": str(seed_dir),
                                  "error": f"{type(exc).__name__}: {exc}"})
                 raise
-            per_seed.append({**result, "seed": seed, "run_dir": str(seed_dir)})
-            if result.get("status") not in ENDED_NORMALLY:
+            per_seed.append({**result.to_dict(), "seed": seed, "run_dir": str(seed_dir)})
+            if not result.status.ended_normally:
                 break
     finally:
         summary = aggregate(per_seed, seeds, cfg.trainer.monitor, cfg.trainer.mode)
         if error is not None:
-            summary.update(status="failed", error=f"seed {per_seed[-1]['seed']}: {type(error).__name__}: {error}")
+            summary.status = Status.FAILED
+            summary.error = f"seed {per_seed[-1]['seed']}: {type(error).__name__}: {error}"
         if trial is not None:
-            summary["trial"] = trial.describe(summary["status"])
-        write_json(run_dir / "summary.json", summary)
+            summary.trial = trial.describe(summary.status)
+        summary.write(run_dir)
     return summary

@@ -1,9 +1,9 @@
 """The sweep report: what a sweep tried, what won, what mattered, what to change.
 
-    python -m app.report <sweep dir>                      # any sweep: grid or Optuna
-    python -m app.report --storage sqlite:///outputs/studies/<name>.db [--study <name>]
+    python -m app.search.report <sweep dir>                      # any sweep: grid or Optuna
+    python -m app.search.report --storage sqlite:///outputs/studies/<name>.db [--study <name>]
 
-Written after every `--multirun` (by `app.sweep.SweepSummary`) and on demand, into the sweep
+Written after every `--multirun` (by `app.search.callback.SweepSummary`) and on demand, into the sweep
 dir (or `--out`):
 
 - `report.md`: a table of trials (number, state, value, epochs run, duration, parameters), the
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.records import read_json
-from app.sweep import collect, format_cell, format_table
+from app.run.record import Status, Summary
+from app.search.summary import collect, format_cell, format_table
 
 log = logging.getLogger(__name__)
 REPORT_FILE = "report.md"
@@ -78,17 +78,8 @@ def _params_text(row: dict[str, Any], names: list[str]) -> str:
     return " ".join(f"{n}={_fmt(row.get(n))}" for n in names)
 
 
-def _reason(summary: dict[str, Any] | None) -> str:
-    if not summary:
-        return ""
-    return str(summary.get("message") or summary.get("error") or "")
-
-
-def _summary(run_dir: str | None) -> dict[str, Any] | None:
-    if not run_dir:
-        return None
-    path = Path(run_dir) / "summary.json"
-    return read_json(path) if path.exists() else None
+def _reason(summary: Summary | None) -> str:
+    return summary.reason if summary is not None else ""
 
 
 def optuna_report(storage: str, study_name: str) -> Report:
@@ -103,8 +94,8 @@ def optuna_report(storage: str, study_name: str) -> Report:
     rows, monitor = [], None
     for t in trials:
         run_dir = t.user_attrs.get("run_dir")
-        summary = _summary(run_dir)
-        monitor = monitor or (summary or {}).get("monitor")
+        summary = Summary.read(run_dir)
+        monitor = monitor or (summary.monitor if summary is not None else None)
         state = t.state.name
         if t.user_attrs.get("interrupted"):
             state += " (interrupted)"
@@ -114,7 +105,7 @@ def optuna_report(storage: str, study_name: str) -> Report:
                     if t.datetime_complete and t.datetime_start else None)
         epochs = t.user_attrs.get("epochs_run")
         if epochs is None:
-            epochs = (summary or {}).get("epochs_run", len(t.intermediate_values) or None)
+            epochs = summary.epochs_run if summary is not None else len(t.intermediate_values) or None
         rows.append({
             "trial": t.number, "state": state, "value": t.value, "epochs": epochs,
             "duration_s": round(duration, 1) if duration is not None else None,
@@ -147,8 +138,9 @@ def grid_report(sweep_dir: str | Path) -> Report:
     monitor, mode = None, "min"
     rows = []
     for job, params in zip(jobs, overrides):
-        summary = _summary(job["run_dir"]) or {}
-        monitor, mode = monitor or summary.get("monitor"), summary.get("mode", mode)
+        summary = Summary.read(job["run_dir"])
+        if summary is not None:
+            monitor, mode = monitor or summary.monitor, summary.mode or mode
         rows.append({
             "trial": job["job"], "state": job["status"], "value": job["objective"],
             "epochs": job["epochs_run"], "duration_s": job["wall_time_s"], "run_dir": job["run_dir"],
@@ -157,7 +149,7 @@ def grid_report(sweep_dir: str | Path) -> Report:
     direction = "maximize" if mode == "max" else "minimize"
     report = Report(f"Sweep {Path(sweep_dir).name} ({direction} {monitor or 'objective'}): {len(rows)} jobs",
                     monitor, direction, rows, varying)
-    done = [r for r in rows if r["state"] in ("completed", "early_stopped")
+    done = [r for r in rows if Status.of(r["state"]).ended_normally
             and isinstance(r["value"], (int, float)) and math.isfinite(r["value"])]
     if done:
         report.best = (max if direction == "maximize" else min)(done, key=lambda r: r["value"])
@@ -409,7 +401,7 @@ def report_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None) -> tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m app.search.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", nargs="?", help="a sweep directory (outputs/sweeps/<date>/<time>)")
     parser.add_argument("--storage", help="an Optuna storage URL, e.g. sqlite:///outputs/studies/<name>.db")
     parser.add_argument("--study", help="the study's name (default: the storage's only study)")

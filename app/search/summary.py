@@ -1,10 +1,6 @@
-"""Sweep bookkeeping: a summary table of every job in a sweep directory.
-
-`SweepSummary` is a Hydra callback (configured under `hydra.callbacks` in conf/config.yaml):
-it creates the sweep directory before the sweeper starts and rewrites `sweep_summary.csv` after
-each job and at the end of the sweep, from what the jobs' run directories say, so the table is
-right whatever the launcher or a job's fate. At the end it writes the sweep report (app/report.py).
-"""
+"""Sweep bookkeeping: `sweep_summary.csv`, a table of every job in a sweep directory, made from
+what the jobs' run directories say (so it is right whatever the launcher or a job's fate).
+`app.search.callback.SweepSummary` keeps it up to date during a sweep."""
 from __future__ import annotations
 
 import csv
@@ -15,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from app.records import read_json
+from app.run.record import Summary
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "sweep_summary.csv"
@@ -36,16 +31,15 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     jobs = sorted((p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/overrides.yaml")), key=_job_number)
     for job in jobs:
         overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
-        summary_path = job / "summary.json"
-        summary = read_json(summary_path) if summary_path.exists() else {"status": "running"}
+        summary = Summary.read(job)
         rows.append({
             "job": job.name,
             "overrides": " ".join(str(o) for o in overrides),
-            "status": summary.get("status"),
-            "objective": summary.get("objective"),
-            "best_epoch": summary.get("best_epoch"),
-            "epochs_run": summary.get("epochs_run"),
-            "wall_time_s": summary.get("wall_time_s"),
+            "status": summary.status.value if summary is not None else "running",
+            "objective": summary.objective if summary is not None else None,
+            "best_epoch": summary.best_epoch if summary is not None else None,
+            "epochs_run": summary.epochs_run if summary is not None else None,
+            "wall_time_s": summary.wall_time_s if summary is not None else None,
             "run_dir": str(job),
         })
     return rows
@@ -91,30 +85,3 @@ def refresh_summary() -> None:
         return
     if hydra_cfg.mode == RunMode.MULTIRUN:
         write_summary(hydra_cfg.sweep.dir)
-
-
-class SweepSummary(Callback):
-    """Hydra callback keeping `sweep_summary.csv` up to date (see module docstring)."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN:
-            write_summary(config.hydra.sweep.dir)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_summary(sweep_dir)
-        if not rows and not (sweep_dir / "study.json").exists():  # a resumed study may run no job
-            return
-        from app.report import report_sweep
-
-        try:
-            report, files = report_sweep(sweep_dir)
-        except Exception as error:  # the sweep's results are all on disk: report, do not fail the sweep
-            log.warning("Sweep summary (%s):\n%s", sweep_dir / SUMMARY_FILE, format_table(rows))
-            log.warning("The sweep report failed (%s: %s); retry with: python -m app.report %s",
-                        type(error).__name__, error, sweep_dir)
-            return
-        log.info("Sweep report (%s):\n%s", files[0], report.text())

@@ -1,17 +1,19 @@
 """Preflight: does this configuration train at all? Answered in seconds, before a long run.
 
-    python -m app preflight=true [overrides]      # or: python -m app.preflight [overrides]
+    python -m app preflight=true [overrides]      # or: python -m app.tools.preflight [overrides]
 
-Composes the config, builds data, model, optimizer, scheduler, callbacks and batches exactly as a
-run does, then takes ONE training step on the first batch (forward, loss, backward, optimizer
-step, scheduler step) and one validation forward, checking on the way that output and target
-shapes agree, the loss and every gradient are finite, the weights stay finite, and a checkpoint
-of the full state can be written. Prints a pass/fail table and the peak memory; writes no run
+Composes the config and builds the run exactly as `python -m app` does (app/run/build.py: data,
+model, optimizer, scheduler, callbacks, batches, the Trainer with all its options), then takes the
+Trainer's own steps: one batch (forward, loss, backward, optimizer step), a few batches through the
+training loop's step (CUDA graphs, accumulation and clipping as configured), a scheduler step and
+one validation batch, checking on the way that output and target shapes agree, the loss and every
+gradient are finite, the weights stay finite, and a checkpoint of the full state can be written. Prints a pass/fail table and the peak memory; writes no run
 directory. Exit status: 0 passed, 1 a check failed, 2 the configuration is invalid.
 """
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import sys
 import tempfile
@@ -24,18 +26,16 @@ from typing import Iterator
 import torch
 from omegaconf import DictConfig
 
-from app import build
-from app.callbacks import Checkpoint
 from app.errors import ConfigError
-from app.config import validate
-from app.device import describe, resolve_device
-from app.reproducibility import determinism_refusal, set_deterministic
-from app.tasks import TASKS, task_of
-from app.trainer import Trainer
+from app.run.build import Run, build_run
+from app.run.device import describe
+from app.run.reproducibility import determinism_refusal
+from app.train import acceleration
 
 CHECKS = (
-    "config", "device", "data", "model", "optimizer", "scheduler", "callbacks", "batches",
-    "forward", "loss", "backward", "optimizer step", "scheduler step", "validation", "checkpoint",
+    "config", "device", "data", "model", "optimizer", "scheduler", "callbacks", "batches", "trainer",
+    "forward", "loss", "backward", "optimizer step", "train steps", "scheduler step", "validation",
+    "checkpoint",
 )
 
 
@@ -87,6 +87,28 @@ class Report:
         finally:
             row.seconds = time.perf_counter() - started
             self.checks.append(row)
+
+    def describe(self, run: Run) -> None:
+        """Details of the build steps, once the run is built."""
+        cfg, model, optimizer, scheduler = run.cfg, run.model, run.optimizer, run.scheduler
+        x, y = next(iter(run.train))
+        short = lambda node: node._target_.rsplit(".", 1)[-1] if node else "none"  # noqa: E731
+        details = {
+            "config": (f"data={short(cfg.data)} model={short(cfg.model)} optimizer={short(cfg.optimizer)} "
+                       f"scheduler={short(cfg.scheduler)}"),
+            "device": describe(run.device) + (", deterministic algorithms" if cfg.deterministic else ""),
+            "data": run.data.describe(),
+            "model": f"{type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters",
+            "optimizer": f"{type(optimizer).__name__}, lr={optimizer.param_groups[0]['lr']:g}",
+            "scheduler": (f"{type(scheduler).__name__}, stepped per {run.trainer.scheduler_interval}"
+                          if scheduler else "none"),
+            "callbacks": ", ".join(type(cb).__name__ for cb in run.callbacks),
+            "batches": (f"{len(run.train)} train batches; x {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}, "
+                        f"y {tuple(y.shape)} {str(y.dtype).replace('torch.', '')}"),
+            "trainer": f"{cfg.trainer.epochs} epochs, monitor {cfg.trainer.monitor} ({cfg.trainer.mode})",
+        }
+        for check in self.checks:
+            check.detail = check.detail or details.get(check.name, "")
 
     @property
     def passed(self) -> bool:
@@ -142,70 +164,52 @@ def peak_memory(device: torch.device) -> str:
     return f"{rss / (2**20 if sys.platform == 'darwin' else 2**10):.0f} MiB process RSS (CPU)"
 
 
+class FirstBatches:
+    """The first `n` batches of `batches`, as a batch iterable the Trainer accepts."""
+
+    def __init__(self, batches, n: int) -> None:
+        self.batches, self.n = batches, min(n, len(batches))
+        self.num_samples = sum(y.shape[0] for _, y in itertools.islice(iter(batches), self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.n)
+
+
 def run(cfg: DictConfig) -> Report:
-    """All checks on `cfg`, in order, stopping at the first failure."""
+    """All checks on `cfg`, in order, stopping at the first failure. The run is built exactly as
+    `python -m app` builds it (app/run/build.py), and the steps are the real Trainer's, with every
+    trainer option (precision, compile, CUDA graphs, clipping, accumulation, matmul precision)."""
     report = Report()
     device = torch.device("cpu")
+    nowhere = Path(tempfile.gettempdir()) / "app-preflight-writes-nothing"  # no hook runs: nothing is written
     try:
-        with report.check("config") as row:
-            task_name = task_of(cfg.data, cfg.trusted_modules)
-            validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
-            row.detail = (f"data={cfg.data._target_.rsplit('.', 1)[-1]} model={cfg.model._target_.rsplit('.', 1)[-1]} "
-                          f"optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} "
-                          f"scheduler={cfg.scheduler._target_.rsplit('.', 1)[-1] if cfg.scheduler else 'none'}")
-        with report.check("device") as row:
-            device = resolve_device(cfg.device.type, cfg.device.index)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            build.seed_everything(cfg.seed)
-            set_deterministic(cfg.deterministic)
-            row.detail = describe(device) + (", deterministic algorithms" if cfg.deterministic else "")
-        with report.check("data") as row:
-            data = build.build_data(cfg)
-            task = TASKS[data.task]
-            validate(cfg, task.metric_names())
-            row.detail = data.describe()
-        with report.check("model") as row:
-            model = build.build_model(cfg, data).to(device)
-            row.detail = f"{type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters"
-        with report.check("optimizer") as row:
-            optimizer = build.build_optimizer(cfg, model)
-            row.detail = f"{type(optimizer).__name__}, lr={optimizer.param_groups[0]['lr']:g}"
-        with report.check("scheduler") as row:
-            scheduler, interval = build.build_scheduler(cfg, optimizer)
-            row.detail = f"{type(scheduler).__name__}, stepped per {interval}" if scheduler else "none"
-        with report.check("callbacks") as row:
-            nowhere = Path(tempfile.gettempdir()) / "app-preflight-writes-nothing"  # hooks never run
-            callbacks = build.build_callbacks(cfg, nowhere, run_name="preflight", group=None)
-            row.detail = ", ".join(type(cb).__name__ for cb in callbacks)
-        with report.check("batches") as row:
-            train, val, _ = build.build_batches(data, cfg, device)
-            x, y = next(iter(train))
-            row.detail = (f"{len(train)} train batches; x {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}, "
-                          f"y {tuple(y.shape)} {str(y.dtype).replace('torch.', '')}")
-        trainer = Trainer(
-            model, optimizer, task, device=device, epochs=cfg.trainer.epochs, scheduler=scheduler,
-            scheduler_interval=interval, val_every=cfg.trainer.val_every,
-            monitor=cfg.trainer.monitor, mode=cfg.trainer.mode, callbacks=callbacks,
-        )
-        trainer.train_batches = train
-        with report.check("forward") as row:
+        run = build_run(cfg, nowhere, run_name="preflight", stage=report.check)
+        device, data, task, trainer = run.device, run.data, run.task, run.trainer
+        model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
+        report.describe(run)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        model.to(device)
+        x, y = next(iter(run.train))
+        with report.check("forward") as row, acceleration.matmul_precision(trainer.matmul_precision):
             model.train()
-            out = model(x)
+            with trainer.autocast:
+                out = trainer.forward(x)
             problem = shape_problem(data.task, out, y, data.out_features)
             if problem:
                 raise CheckFailed(problem)
             row.detail = f"output {tuple(out.shape)}, target {tuple(y.shape)}"
         with report.check("loss") as row:
-            loss = task.loss(out, y)
-            value = float(loss.detach())
+            value = float(task.loss(out.float(), y).detach())
             if not math.isfinite(value):
                 raise CheckFailed(f"loss is {value} on the first batch (check the data and the model's output)")
             row.detail = f"{value:.6g}"
-        with report.check("backward") as row:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        with report.check("backward") as row, acceleration.matmul_precision(trainer.matmul_precision):
+            trainer.train_step(x, y, window=1, first=True, update=False)  # the Trainer's own forward + backward
             bad = [n for n, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
             if bad:
                 raise CheckFailed(f"non-finite gradients in {_first_line(bad)}")
@@ -217,12 +221,22 @@ def run(cfg: DictConfig) -> Report:
                 row.detail += f"; no gradient for {_first_line(unused)} (unused parameters)"
         with report.check("optimizer step") as row:
             before = [p.detach().clone() for _, p in named]
-            optimizer.step()
+            trainer.optimizer_step()  # clipping, gradient-norm tracking, loss scaling, step
             bad = [n for n, p in named if not torch.isfinite(p).all()]
             if bad:
                 raise CheckFailed(f"non-finite weights after the step in {_first_line(bad)}")
             moved = sum(not torch.equal(b, p.detach()) for b, (_, p) in zip(before, named))
             row.detail = f"{moved} of {len(named)} parameter tensors changed"
+        with report.check("train steps") as row, acceleration.matmul_precision(trainer.matmul_precision):
+            first = FirstBatches(run.train, max(2, cfg.trainer.accumulate_grad_batches))
+            loss_sum, steps = trainer.train_epoch(first)  # the loop's own path: graphs, accumulation
+            mean = float(loss_sum) / first.num_samples
+            if not math.isfinite(mean):
+                raise CheckFailed(f"loss is {mean} over the first {len(first)} batches")
+            row.detail = (f"{len(first)} batches, {steps} optimizer step(s), mean loss {mean:.6g} "
+                          f"(precision {trainer.precision}, compile {bool(cfg.trainer.compile)}, "
+                          f"cuda_graph {trainer.graphed is not None}, grad_clip {trainer.grad_clip:g}, "
+                          f"accumulate {trainer.accumulate})")
         with report.check("scheduler step") as row:
             if scheduler is None:
                 row.detail = "no scheduler"
@@ -234,25 +248,25 @@ def run(cfg: DictConfig) -> Report:
                     scheduler.step()
                 row.detail = f"lr {lr:.4g} -> {optimizer.param_groups[0]['lr']:.4g}"
         with report.check("validation") as row:
+            xv, yv = next(iter(run.val))
             model.eval()
-            xv, yv = next(iter(val))
-            with torch.no_grad():
-                out = model(xv)
-                problem = shape_problem(data.task, out, yv, data.out_features)
-                if problem:
-                    raise CheckFailed(problem)
-                values = {"val_loss": float(task.loss(out, yv))}
-                values.update({f"val_{k}": float(fn(out, yv)) / yv.shape[0] for k, fn in task.metrics.items()})
+            with torch.no_grad(), trainer.autocast:
+                problem = shape_problem(data.task, trainer.forward(xv), yv, data.out_features)
+            if problem:
+                raise CheckFailed(problem)
+            values = trainer.evaluate(FirstBatches(run.val, 1), prefix="val")  # the Trainer's own evaluation
             bad = [k for k, v in values.items() if not math.isfinite(v)]
             if bad:
                 raise CheckFailed(f"non-finite {', '.join(bad)} on the first validation batch")
             row.detail = " ".join(f"{k}={v:.4g}" for k, v in values.items())
         with report.check("checkpoint") as row:
-            checkpoint = next(cb for cb in callbacks if isinstance(cb, Checkpoint))
-            trainer.epoch = 1
-            buffer = io.BytesIO()
-            torch.save(checkpoint.state(trainer, {}), buffer)
-            row.detail = f"full state {len(buffer.getvalue()) / 2**20:.2f} MiB"
+            if run.checkpoint is None:
+                row.detail = "no checkpoint callback"
+            else:
+                trainer.epoch = 1
+                buffer = io.BytesIO()
+                torch.save(run.checkpoint.state(trainer, {}), buffer)
+                row.detail = f"full state {len(buffer.getvalue()) / 2**20:.2f} MiB"
     except _Stop:
         pass
     report.memory = peak_memory(device)
@@ -272,7 +286,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
 
     from app.config import register_configs
-    from app.main import CONF_DIR
+    from app import CONF_DIR
 
     register_configs()
     try:
@@ -284,7 +298,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m app.preflight [overrides]`; the exit status."""
+    """`python -m app.tools.preflight [overrides]`; the exit status."""
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0

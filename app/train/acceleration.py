@@ -1,5 +1,5 @@
 """Speed options of the Trainer: mixed precision, torch.compile, CUDA-graph replay of the step,
-and the float32 matmul precision. The loop in `app/trainer.py` stays plain; what it needs from
+and the float32 matmul precision. The loop in `app/train/trainer.py` stays plain; what it needs from
 here is a context manager, a scaler, a callable model and, with CUDA graphs, `GraphedStep`;
 and, to time its epochs, `DeviceClock`.
 

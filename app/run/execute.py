@@ -1,0 +1,78 @@
+"""Execute one run in its directory: build it, continue it (resume) or start its records, fit,
+test with the best checkpoint, and write its summary, whatever happens on the way."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from app.run import resume
+from app.run.build import build_run
+from app.run.device import describe
+from app.run.provenance import config_hash
+from app.run.record import Status, Summary, objective, provenance, write_json
+
+log = logging.getLogger("app")
+
+
+def names(cfg: DictConfig, trial: Any = None) -> tuple[str, str | None]:
+    """The run's name for loggers (its overrides) and its group (the study, or the sweep dir)."""
+    hydra_cfg = HydraConfig.get()
+    name = hydra_cfg.job.override_dirname or cfg.task_name
+    if cfg.seeds:
+        name = f"{name} seed={cfg.seed}"
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    group = trial.study_name if trial is not None else Path(hydra_cfg.sweep.dir).name if multirun else None
+    return name, group
+
+
+def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
+    """Run one experiment in `run_dir`; return its summary (also written to summary.json).
+    `trial`: the Optuna trial this run is part of (reports to it, may be pruned by it)."""
+    resumption = resume.prepare(cfg, run_dir) if cfg.resume else None
+    if resumption is not None and resumption.finished is not None:
+        log.info(resumption.message)
+        return resumption.finished
+    run_name, group = names(cfg, trial)
+    run = build_run(cfg, run_dir, run_name=run_name, group=group, trial=trial)
+    if resumption is None:
+        write_json(run_dir / "provenance.json", provenance(
+            describe(run.device), list(HydraConfig.get().overrides.task), config_hash(cfg)))
+    else:
+        resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
+    log.info(run.describe())
+
+    t = cfg.trainer
+    started = time.time()
+    summary = Summary(Status.FAILED, monitor=t.monitor, mode=t.mode)
+    try:
+        result = run.trainer.fit(run.train, run.val)
+        best_loaded = run.checkpoint is not None and run.checkpoint.load_best_weights(run.model)
+        test = run.trainer.evaluate(run.test, prefix="test") if run.test is not None and best_loaded else {}
+        summary = Summary(
+            result.stop_reason, monitor=t.monitor, mode=t.mode, message=result.message, best=result.best,
+            best_epoch=result.best_epoch, last=result.last, epochs_run=result.epochs_run,
+            last_metrics=result.last_metrics, test=test,
+        )
+    except BaseException as error:
+        summary.epochs_run, summary.error = run.trainer.epoch, f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        summary.objective = objective(summary.status, summary.best, t.mode)
+        summary.wall_time_s = round(time.time() - started, 3)
+        if trial is not None:
+            summary.trial = trial.describe(summary.status)
+        summary.write(run_dir)
+        for callback in run.callbacks:
+            callback.on_run_end(summary.to_dict())
+        run.release()
+    if resumption is not None:
+        resume.refresh_sweep_summary(run_dir)
+    log.info("%s: best %s=%s at epoch %s, %d epochs, %.1fs -> %s", summary.status, t.monitor,
+             summary.best, summary.best_epoch, summary.epochs_run, summary.wall_time_s, run_dir)
+    return summary

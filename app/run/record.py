@@ -1,0 +1,205 @@
+"""The run's record: `summary.json` (a typed `Summary`, written and read only here) and the
+JSON helpers `provenance.json` uses."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+from app import PROJECT_ROOT
+
+SUMMARY_FILE = "summary.json"
+
+
+class Status(str, Enum):
+    """How a run ended. A `str` enum: compares equal to its value, and is written as it."""
+
+    COMPLETED = "completed"  # trained every epoch
+    EARLY_STOPPED = "early_stopped"  # stopped by early stopping
+    DIVERGED = "diverged"  # a non-finite loss stopped it
+    PRUNED = "pruned"  # its Optuna trial's pruner stopped it
+    FAILED = "failed"  # it raised (or was interrupted) before it ended
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ended_normally(self) -> bool:
+        """Its best value is a result (the run's objective)."""
+        return self in (Status.COMPLETED, Status.EARLY_STOPPED)
+
+    @classmethod
+    def of(cls, value: Any) -> "Status":
+        """The status `value` names; FAILED for anything else (a record this app did not write)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.FAILED
+
+
+STATUSES = tuple(status.value for status in Status)
+_OPTIONAL = ("error", "trial", "seeds", "objective_std", "best_std", "per_seed")
+
+
+@dataclass
+class Summary:
+    """`summary.json`: what a run (or a multi-seed run, see app/run/seeds.py) ended with."""
+
+    status: Status = Status.FAILED
+    monitor: str | None = None
+    mode: str | None = None  # min | max
+    objective: float | None = None  # what the run returned to the sweeper (worst value unless it ended normally)
+    best: float | None = None  # best monitored value (mean over seeds for a multi-seed run)
+    best_epoch: int | None = None
+    last: float | None = None
+    epochs_run: int | None = None
+    message: str = ""
+    error: str | None = None  # what it raised, for failed runs
+    interrupted: bool = False  # failed because its process or sweep was stopped
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)  # test metrics of the best checkpoint
+    wall_time_s: float | None = None
+    trial: dict[str, Any] | None = None  # the Optuna trial this run was: study, number, params, state
+    # multi-seed runs
+    seeds: list[int] | None = None
+    objective_std: float | None = None
+    best_std: float | None = None
+    per_seed: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        self.status = Status.of(self.status)
+
+    @property
+    def reason(self) -> str:
+        """Why it ended as it did, in one line (empty for a plain completed run)."""
+        return self.message or self.error or ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: every field, less the optional ones (error, trial, seeds...) left unset."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        return {key: value for key, value in data.items()
+                if not (key in _OPTIONAL and value is None) and not (key == "interrupted" and value is False)}
+
+    def write(self, run_dir: str | Path) -> Path:
+        path = Path(run_dir) / SUMMARY_FILE
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Summary":
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    @classmethod
+    def read(cls, run_dir: str | Path | None) -> "Summary | None":
+        """The summary in `run_dir`, or None when there is none (yet)."""
+        if not run_dir:
+            return None
+        path = Path(run_dir) / SUMMARY_FILE
+        return cls.from_dict(read_json(path)) if path.exists() else None
+
+
+def worst_value(mode: str) -> float:
+    """What a run that produced no usable result returns to the sweeper: the worst possible
+    value for `mode` (+inf when minimising, -inf when maximising), so it ranks last."""
+    return math.inf if mode == "min" else -math.inf
+
+
+def objective(status: str, best: float | None, mode: str) -> float:
+    """The float a run returns to Hydra (the sweeper's objective): the best monitored value for
+    completed and early-stopped runs, the worst possible value otherwise."""
+    if Status.of(status).ended_normally and best is not None and math.isfinite(best):
+        return float(best)
+    return worst_value(mode)
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON has no inf/nan: write them as strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically (temp file + rename) so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a file written by `write_json`, turning "inf"/"-inf"/"nan" back into floats."""
+
+    def revive(obj):
+        for key, value in obj.items():
+            if value in ("inf", "-inf", "nan"):
+                obj[key] = float(value)
+        return obj
+
+    return json.loads(Path(path).read_text(), object_hook=revive)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_state() -> dict[str, Any]:
+    """The code's version: commit, whether tracked files differ from it, and the sha256 of that
+    difference (`git diff HEAD`), so two dirty runs can be told apart. None where git says nothing."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    diff = _git("diff", "HEAD", "--binary") if status else None
+    return {
+        "git_commit": commit,
+        "git_dirty": bool(status) if status is not None else None,
+        "git_diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+    }
+
+
+def provenance(device_name: str, overrides: list[str], config_hash: str | None = None,
+               command: list[str] | None = None) -> dict[str, Any]:
+    """Where a number came from: code version, command, library versions, device, and the hash of
+    the config that determines the numbers (`app.run.provenance.config_hash`)."""
+    return {
+        **git_state(),
+        "config_hash": config_hash,
+        "command": command or [sys.executable, *sys.argv],
+        "overrides": overrides,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {
+            p: _version(p)
+            for p in ("torch", "numpy", "hydra-core", "omegaconf", "optuna", "hydra-optuna-sweeper", "wandb")
+        },
+        "device": device_name,
+    }
