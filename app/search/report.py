@@ -291,10 +291,7 @@ def plot_curves(report: Report, path: Path, top: int = TOP_CURVES) -> bool:
     if best:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def plot_history(report: Report, path: Path) -> bool:
@@ -324,10 +321,7 @@ def plot_history(report: Report, path: Path) -> bool:
     ax.set_title("Optimization history", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return _save(fig, path)
 
 
 def plot_importances(report: Report, path: Path) -> bool:
@@ -340,6 +334,13 @@ def plot_importances(report: Report, path: Path) -> bool:
     ax.barh(names, [report.importances[n] for n in names], color="C0")
     ax.set_xlabel("importance (share of explained variance)")
     ax.set_title("Parameter importances", fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> bool:
+    """Write a finished figure and free it (a sweep process may draw many)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
