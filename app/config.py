@@ -1,16 +1,25 @@
 """Structured config: dataclass schemas registered in Hydra's ConfigStore, and the semantic
 checks that run before any data is made or model built.
 
-Every group option in `conf/<group>/<option>.yaml` extends a schema stored here as
-`schema/<group>/<option>` (its defaults list says `/schema/<group>@_here_: <option>`), so a
-typo'd key or a wrongly typed value is rejected by Hydra while composing. `validate` then checks
-what types cannot: ranges, choices, availability of the device, existence of data files.
+Each default is written once, in conf/: users read conf/ to see what a run does.
+- A value a user can change lives in its option's YAML (`conf/<group>/<option>.yaml`,
+  `conf/config.yaml` for the root keys), `_target_` included.
+- A schema dataclass here declares names and types only: every field is `MISSING`. Each option
+  of model, optimizer, scheduler and data extends its schema (`/schema/<group>/<option>@_here_`
+  in its defaults list), so a typo'd key or a wrongly typed value is refused while composing.
+- `callbacks` and `logger` entries have no dataclass: the signature of their `_target_` is their
+  schema. Their constructors take every option without a default, so the YAML is the one copy
+  (`dir`, `name`, `group`, `run_dir`: run context the app passes, see app/run/build.py).
+
+`validate` then checks what types cannot: keys that `+`/`++` overrides added and nothing reads,
+ranges, choices, availability of the device, existence of data files.
 """
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -19,216 +28,182 @@ from app.errors import ConfigError  # noqa: F401 - the app's one user-error type
 
 
 # ----------------------------------------------------------------------------- group schemas
+# Types only: every value lives in conf/ (see the module docstring). `MISSING` here means "the
+# option's YAML writes it"; a YAML that forgets one fails the `???` check in `validate`.
 @dataclass
 class TrainerConf:
-    epochs: int = 100
-    batch_size: int = 256
-    eval_batch_size: Optional[int] = None  # None: 4 x batch_size (no gradients, so it fits)
-    val_every: int = 1  # validate every N epochs, and always after the last one
-    monitor: str = "val_loss"  # the metric early stopping, best.pt and sweeps follow
-    mode: str = "min"  # min | max: which direction of `monitor` is better
-    log_every: int = 10  # log a metrics line every N epochs (0: never)
-    progress_bar: bool = True  # one-line epoch progress on an interactive terminal
-    checkpoint_every: int = 1  # write checkpoints/last.pt every N epochs (and at the end)
-    keep_last_k: int = 0  # also keep checkpoints/epoch-NNNN.pt of the last k of those (0: none)
-    data_on_device: bool = True  # keep in-memory data on the device and batch by index
-    pin_memory: bool = True  # host-resident data on CUDA: pinned memory, asynchronous copies
-    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (autocast; 16-mixed adds a GradScaler)
-    compile: bool = False  # torch.compile the model (falls back to eager with a warning)
-    cuda_graph: bool = False  # replay the training step as CUDA graphs (CUDA only)
-    grad_clip: float = 0.0  # clip the gradients' global L2 norm to this; 0: off
-    accumulate_grad_batches: int = 1  # optimizer step every N batches (loss divided by N)
-    matmul_precision: str = "highest"  # highest | high (TF32) | medium: float32 matmuls
-
-
-@dataclass
-class EarlyStoppingConf:
-    enabled: bool = True
-    monitor: str = "${trainer.monitor}"
-    mode: str = "${trainer.mode}"
-    patience: int = 20  # validation checks without improvement before stopping
-    min_delta: float = 0.0  # ABSOLUTE: improvement means beating the best by more than this
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: Optional[int] = MISSING  # None: 4 x batch_size (no gradients, so it fits)
+    val_every: int = MISSING  # validate every N epochs, and always after the last one
+    monitor: str = MISSING  # the metric early stopping, best.pt and sweeps follow
+    mode: str = MISSING  # min | max: which direction of `monitor` is better
+    log_every: int = MISSING  # log a metrics line every N epochs (0: never)
+    progress_bar: bool = MISSING  # one-line epoch progress on an interactive terminal
+    checkpoint_every: int = MISSING  # write checkpoints/last.pt every N epochs (and at the end)
+    keep_last_k: int = MISSING  # also keep checkpoints/epoch-NNNN.pt of the last k of those (0: none)
+    data_on_device: bool = MISSING  # keep in-memory data on the device and batch by index
+    pin_memory: bool = MISSING  # host-resident data on CUDA: pinned memory, asynchronous copies
+    precision: str = MISSING  # 32 | bf16-mixed | 16-mixed (autocast; 16-mixed adds a GradScaler)
+    compile: bool = MISSING  # torch.compile the model (falls back to eager with a warning)
+    cuda_graph: bool = MISSING  # replay the training step as CUDA graphs (CUDA only)
+    grad_clip: float = MISSING  # clip the gradients' global L2 norm to this; 0: off
+    accumulate_grad_batches: int = MISSING  # optimizer step every N batches (loss divided by N)
+    matmul_precision: str = MISSING  # highest | high (TF32) | medium: float32 matmuls
 
 
 @dataclass
 class DeviceConf:
-    type: str = "auto"  # auto (cuda -> mps -> cpu) | cpu | cuda | mps
-    index: int = 0  # which CUDA device, with type=cuda (or auto picking cuda)
+    type: str = MISSING  # auto (cuda -> mps -> cpu) | cpu | cuda | mps
+    index: int = MISSING  # which CUDA device, with type=cuda (or auto picking cuda)
 
 
 @dataclass
-class MLPConf:
-    _target_: str = "app.models.MLP"
-    nodes: int = 64
-    layers: int = 4
-    activation: str = "gelu"
-    dropout: float = 0.0
+class Target:
+    """A node Hydra instantiates: `_target_` names the callable (written in the option's YAML)."""
+
+    _target_: str = MISSING
 
 
 @dataclass
-class ResidualMLPConf:
-    _target_: str = "app.models.ResidualMLP"
-    nodes: int = 64
-    blocks: int = 3
-    expansion: int = 2
-    activation: str = "gelu"
-    dropout: float = 0.0
+class PartialTarget(Target):
+    _partial_: bool = MISSING  # true: the app binds the rest (the model's parameters, the optimizer)
 
 
 @dataclass
-class AdamConf:
-    _target_: str = "torch.optim.Adam"
-    _partial_: bool = True
-    lr: float = 1e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    foreach: Optional[bool] = None  # None: torch's choice (multi-tensor kernels on GPUs)
-    fused: Optional[bool] = True  # one kernel per step on CPU, CUDA, MPS (false: torch's default)
+class MLPConf(Target):
+    nodes: int = MISSING
+    layers: int = MISSING
+    activation: str = MISSING
+    dropout: float = MISSING
 
 
 @dataclass
-class AdamWConf(AdamConf):
-    _target_: str = "torch.optim.AdamW"
-    lr: float = 3e-3
-    weight_decay: float = 0.01
+class ResidualMLPConf(Target):
+    nodes: int = MISSING
+    blocks: int = MISSING
+    expansion: int = MISSING
+    activation: str = MISSING
+    dropout: float = MISSING
 
 
 @dataclass
-class SGDConf:
-    _target_: str = "torch.optim.SGD"
-    _partial_: bool = True
-    lr: float = 1e-2
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    foreach: Optional[bool] = None
-    fused: Optional[bool] = None
+class AdamConf(PartialTarget):  # Adam and AdamW
+    lr: float = MISSING
+    betas: List[float] = MISSING
+    eps: float = MISSING
+    weight_decay: float = MISSING
+    foreach: Optional[bool] = MISSING  # None: torch's choice (multi-tensor kernels on GPUs)
+    fused: Optional[bool] = MISSING  # one kernel per step on CPU, CUDA, MPS
 
 
 @dataclass
-class SchedulerBase:
-    _partial_: bool = True
-    interval: str = "epoch"  # epoch | step: when the trainer steps it (not passed to the class)
+class SGDConf(PartialTarget):
+    lr: float = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    weight_decay: float = MISSING
+    foreach: Optional[bool] = MISSING
+    fused: Optional[bool] = MISSING
+
+
+@dataclass
+class SchedulerBase(PartialTarget):
+    interval: str = MISSING  # epoch | step: when the trainer steps it (not passed to the class)
 
 
 @dataclass
 class CosineConf(SchedulerBase):
-    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
-    T_max: int = "${trainer.epochs}"  # type: ignore[assignment]
-    eta_min: float = 0.0
+    T_max: int = MISSING
+    eta_min: float = MISSING
 
 
 @dataclass
 class StepConf(SchedulerBase):
-    _target_: str = "torch.optim.lr_scheduler.StepLR"
-    step_size: int = 30
-    gamma: float = 0.1
+    step_size: int = MISSING
+    gamma: float = MISSING
 
 
 @dataclass
 class PlateauConf(SchedulerBase):
-    _target_: str = "torch.optim.lr_scheduler.ReduceLROnPlateau"
-    mode: str = "${trainer.mode}"
-    factor: float = 0.5
-    patience: int = 5
-    threshold: float = 1e-4
-    min_lr: float = 0.0
+    mode: str = MISSING
+    factor: float = MISSING
+    patience: int = MISSING
+    threshold: float = MISSING
+    min_lr: float = MISSING
 
 
 @dataclass
 class WarmupCosineConf(SchedulerBase):
-    _target_: str = "app.train.schedulers.warmup_cosine"
-    warmup_steps: int = 5
-    total_steps: int = "${trainer.epochs}"  # type: ignore[assignment]
-    min_lr_ratio: float = 0.0
+    warmup_steps: int = MISSING
+    total_steps: int = MISSING
+    min_lr_ratio: float = MISSING
 
 
 @dataclass
-class RegressionDataConf:
-    _target_: str = "app.data.regression_1d"
-    n_samples: int = 10000
-    noise_std: float = 0.05
-    jitter: float = 0.02
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    seed: int = 0  # fixes the data and the split, independent of the training seed
+class SplitConf(Target):
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+    seed: int = MISSING  # fixes the data and the split, independent of the training seed
 
 
 @dataclass
-class SpiralsDataConf:
-    _target_: str = "app.data.spirals"
-    n_samples: int = 3000
-    n_classes: int = 3
-    noise: float = 0.2  # in units of the gap between neighbouring arms
-    turns: float = 1.5
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
+class RegressionDataConf(SplitConf):
+    n_samples: int = MISSING
+    noise_std: float = MISSING
+    jitter: float = MISSING
 
 
 @dataclass
-class BlobsDataConf:
-    _target_: str = "app.data.blobs"
-    n_samples: int = 3000
-    n_classes: int = 4
-    n_features: int = 2
-    cluster_std: float = 1.0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
+class SpiralsDataConf(SplitConf):
+    n_samples: int = MISSING
+    n_classes: int = MISSING
+    noise: float = MISSING  # in units of the gap between neighbouring arms
+    turns: float = MISSING
 
 
 @dataclass
-class FileDataConf:
-    _target_: str = "app.data.load_table"
+class BlobsDataConf(SplitConf):
+    n_samples: int = MISSING
+    n_classes: int = MISSING
+    n_features: int = MISSING
+    cluster_std: float = MISSING
+
+
+@dataclass
+class FileDataConf(SplitConf):
     path: str = MISSING  # .csv (header row) or .npz; relative to where you launched the app
     features: List[str] = MISSING
     target: Any = MISSING  # a column name, or a list of names (multi-output regression)
-    task: str = "regression"  # regression | classification
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    seed: int = 0
-
-
-@dataclass
-class WandbConf:
-    _target_: str = "app.callbacks.WandbLogger"
-    mode: str = "offline"  # offline (default, no network) | online | disabled
-    project: str = "hydra-torch-app"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # None: the sweep's directory name in multirun
-    tags: List[str] = field(default_factory=list)
-    name: Optional[str] = None  # None: built from the command-line overrides
+    task: str = MISSING  # regression | classification
 
 
 @dataclass
 class Config:
-    """The root. Groups whose options differ in shape are typed by their option's schema."""
+    """The root. Groups whose options differ in shape are typed by their option's schema;
+    `callbacks` and `logger` map a name to a `_target_` node (checked against its signature)."""
 
-    seed: int = 42
-    deterministic: bool = False  # PyTorch deterministic algorithms (refusing ops are named)
-    seeds: Optional[List[int]] = None  # several seeds in one run: objective = their mean (app/run/seeds.py)
-    task_name: str = "train"
+    seed: int = MISSING
+    deterministic: bool = MISSING  # PyTorch deterministic algorithms (refusing ops are named)
+    seeds: Optional[List[int]] = MISSING  # several seeds in one run: objective = their mean
+    task_name: str = MISSING
     data: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
-    scheduler: Any = None
-    early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
+    scheduler: Any = MISSING  # None: constant learning rate
     device: DeviceConf = field(default_factory=DeviceConf)
-    logger: Any = None
+    callbacks: Dict[str, Any] = field(default_factory=dict)  # name -> _target_ node (conf/callbacks/)
+    logger: Dict[str, Any] = field(default_factory=dict)  # name -> _target_ node (conf/logger/)
     trainer: TrainerConf = field(default_factory=TrainerConf)
-    resume: Optional[str] = None  # a run directory to continue (app/run/resume.py)
-    resume_force: bool = False  # resume even with overrides that change the result
-    preflight: bool = False  # check that one training step works, then exit (app/tools/preflight.py)
-    # Module prefixes whose `_target_`s a config may build, besides app, torch and optuna
-    # (app/targets.py): e.g. [my_lab] for `_target_: my_lab.models.Net`.
-    trusted_modules: List[str] = field(default_factory=list)
+    resume: Optional[str] = MISSING  # a run directory to continue (app/run/resume.py)
+    resume_force: bool = MISSING  # resume even with overrides that change the result
+    preflight: bool = MISSING  # check that one training step works, then exit (app/tools/preflight.py)
+    trusted_modules: List[str] = MISSING  # module prefixes of `_target_`s (app/targets.py)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"mlp": MLPConf, "resmlp": ResidualMLPConf},
-    "optimizer": {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf},
+    "optimizer": {"adam": AdamConf, "adamw": AdamConf, "sgd": SGDConf},
     "scheduler": {
         "cosine": CosineConf,
         "step": StepConf,
@@ -241,8 +216,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "blobs": BlobsDataConf,
         "file": FileDataConf,
     },
-    "logger": {"wandb": WandbConf},
-}  # trainer, early_stopping and device have one shape: `Config` types them directly
+}  # trainer and device have one shape: `Config` types them directly. callbacks and logger
+#   entries are plain `_target_` nodes: their constructor's signature is their schema.
 
 
 def sweep_direction(mode: str) -> str:
@@ -293,6 +268,86 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+# ----------------------------------------------------------------------------- unknown keys
+TARGET_GROUPS = ("data", "model", "optimizer", "scheduler")  # each one `_target_` node
+ENTRY_GROUPS = ("callbacks", "logger")  # each a mapping: name -> `_target_` node
+INSTANTIATE_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")  # Hydra's own
+APP_READS = {"scheduler": ("interval",)}  # keys the app reads itself and does not pass on
+
+
+def _entries(cfg: DictConfig, group: str) -> list[tuple[str, Any]]:
+    node = cfg.get(group)
+    return list(node.items()) if isinstance(node, DictConfig) else []
+
+
+def _target_nodes(cfg: DictConfig) -> list[tuple[str, Any]]:
+    """(key, node) of every `_target_` node the app builds: data, model, ..., callbacks.<name>."""
+    nodes = [(group, cfg[group]) for group in TARGET_GROUPS if cfg.get(group) is not None]
+    for group in ENTRY_GROUPS:
+        nodes += [(f"{group}.{name}", node) for name, node in _entries(cfg, group)]
+    return nodes
+
+
+def _located(cfg: DictConfig) -> dict[str, Any]:
+    """{key: the callable its `_target_` names} for `_target_nodes`, each imported only once
+    app.targets allows it; None where the import fails (building that group reports it)."""
+    from app import targets  # app.targets imports this module
+
+    found: dict[str, Any] = {}
+    for key, node in _target_nodes(cfg):
+        _check(isinstance(node, DictConfig) and isinstance(node.get("_target_"), str), key,
+               OmegaConf.to_container(node) if isinstance(node, DictConfig) else node,
+               "a node with a `_target_` naming the callable to build (an option of the group, "
+               "e.g. conf/callbacks/<name>.yaml)")
+        try:
+            found[key] = targets.locate(node._target_, key, cfg.trusted_modules)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 -- not importable: `app.run.build` names the reason
+            found[key] = None
+    return found
+
+
+def parameters(target: Any) -> list[str] | None:
+    """The keyword arguments `target` accepts; None when it accepts any (`**kwargs`) or its
+    signature cannot be read."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return [name for name, p in signature.parameters.items() if p.kind in kinds]
+
+
+def _known(node: DictConfig, path: str, known: list[str], what: str) -> None:
+    for key in node:
+        if key not in known and key not in INSTANTIATE_KEYS:
+            full = f"{path}.{key}" if path else str(key)
+            raise ConfigError(
+                full, node._get_node(key)._value(),
+                f"the keys of {what}: {', '.join(k for k in known if k not in INSTANTIATE_KEYS)}",
+                f"{what[0].upper()}{what[1:]} has no key `{key}`, so nothing would read it (a `+` or `++` override, or "
+                "a YAML file, added it)",
+            )
+
+
+def refuse_unknown_keys(cfg: DictConfig, located: dict[str, Any] | None = None) -> None:
+    """Refuse keys no schema declares: Hydra refuses them while composing, except those that a
+    `+key=`/`++key=` override adds. Dataclass-typed nodes are compared with their fields,
+    `_target_` nodes with their callable's signature (anything goes for `**kwargs`)."""
+    _known(cfg, "", [f.name for f in fields(Config)], "the config root")
+    for key, schema in (("trainer", TrainerConf), ("device", DeviceConf)):
+        _known(cfg[key], key, [f.name for f in fields(schema)], f"`{key}`")
+    nodes = dict(_target_nodes(cfg))
+    for key, target in (_located(cfg) if located is None else located).items():
+        known = parameters(target) if target is not None else None
+        if known is not None:
+            _known(nodes[key], key, known + list(APP_READS.get(key, ())),
+                   f"`{key}` ({nodes[key]._target_})")
+
+
 def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     """Check what the schemas cannot. Raises `ConfigError` on the first problem.
 
@@ -302,6 +357,8 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     for key in sorted(OmegaConf.missing_keys(cfg)):
         raise ConfigError(key, "???", f"a value on the command line, as in {key}=<value>",
                           "This key is required and has no default")
+    located = _located(cfg)
+    refuse_unknown_keys(cfg, located)
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     if cfg.seeds is not None:
         seeds = list(cfg.seeds)
@@ -327,16 +384,24 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
            "32 or bf16-mixed with trainer.cuda_graph=true",
            "the GradScaler of 16-mixed decides on the host whether to step, which a CUDA graph cannot replay")
 
-    es = cfg.early_stopping
-    if es.enabled:
-        _check(es.mode in MODES, "early_stopping.mode", es.mode, " or ".join(MODES))
-        _positive_int(cfg, "early_stopping.patience")
-        _check(
-            _finite(es.min_delta) and es.min_delta >= 0,
-            "early_stopping.min_delta",
-            es.min_delta,
-            "a finite number >= 0 (an absolute change in the monitored metric)",
-        )
+    from app.callbacks import Checkpoint, EarlyStopping, WandbLogger
+
+    def built_as(key: str, kind: type) -> bool:
+        target = located.get(key)
+        return isinstance(target, type) and issubclass(target, kind)
+
+    for name, node in _entries(cfg, "callbacks"):
+        key = f"callbacks.{name}"
+        if built_as(key, EarlyStopping):
+            _check(node.get("mode") in MODES, f"{key}.mode", node.get("mode"), " or ".join(MODES))
+            _positive_int(cfg, f"{key}.patience")
+            _check(_finite(node.get("min_delta")) and node.min_delta >= 0, f"{key}.min_delta",
+                   node.get("min_delta"), "a finite number >= 0 (an absolute change in the monitored metric)")
+    checkpoints = [name for name, _ in _entries(cfg, "callbacks") if built_as(f"callbacks.{name}", Checkpoint)]
+    _check(len(checkpoints) == 1, "callbacks", checkpoints or sorted(cfg.callbacks),
+           "exactly one checkpoint callback (app.callbacks.Checkpoint or a subclass), e.g. "
+           "callbacks.checkpoint: +callbacks=checkpoint brings the default one back",
+           "A run needs one: resuming and testing with the best weights read its checkpoints")
 
     opt = cfg.optimizer
     _check(_finite(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "a finite number > 0")
@@ -419,15 +484,15 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     _check(isinstance(cfg.device.index, int) and cfg.device.index >= 0, "device.index",
            cfg.device.index, "an integer >= 0")
 
-    if cfg.logger is not None:
-        _check("_target_" in cfg.logger, "logger", OmegaConf.to_container(cfg.logger), "a logger option "
-               "(logger=wandb or logger=none); an experiment or override set keys of a logger that is off")
-    if cfg.logger is not None and "mode" in cfg.logger:
-        _check(cfg.logger.mode in WANDB_MODES, "logger.mode", cfg.logger.mode,
-               ", ".join(WANDB_MODES))
+    for name, node in _entries(cfg, "logger"):
+        if built_as(f"logger.{name}", WandbLogger):
+            _check(node.get("mode") in WANDB_MODES, f"logger.{name}.mode", node.get("mode"),
+                   ", ".join(WANDB_MODES))
 
     if metric_names is not None:
-        for key in ("trainer.monitor",) + (("early_stopping.monitor",) if es.enabled else ()):
+        monitors = ["trainer.monitor"] + [f"callbacks.{name}.monitor" for name, node in
+                                          _entries(cfg, "callbacks") if "monitor" in node]
+        for key in monitors:
             value = OmegaConf.select(cfg, key)
             _check(
                 value in metric_names,

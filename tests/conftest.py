@@ -27,6 +27,16 @@ def compose_cfg():
     return _compose
 
 
+def options_of(group: str, name: str, **overrides):
+    """The options conf/<group>/<name>.yaml sets (no `_target_`), with `overrides`: constructors
+    of callbacks and loggers have no defaults of their own, the YAML is the one copy."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
+    node.pop("_target_")
+    return {**node, **overrides}
+
+
 # A tiny budget that still exercises every part of a run.
 FAST = ["trainer.epochs=3", "data.n_samples=400", "logger=none", "device=cpu", "trainer.progress_bar=false"]
 

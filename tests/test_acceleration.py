@@ -217,7 +217,7 @@ def test_matmul_precision_applies_during_fit_and_is_restored():
 # ----------------------------------------------------------------------------- compile
 def test_compiled_training_matches_eager_and_checkpoints_keep_plain_keys(cheap_compile, tmp_path):
     batches = SizedBatches(regression_batches([8, 8, 5]).batches)
-    checkpoint = Checkpoint(tmp_path)
+    checkpoint = Checkpoint(tmp_path, every=1, keep_last_k=0)
     compiled, result = fit(mlp(), batches, compile=True, callbacks=[checkpoint])
     eager, reference = fit(mlp(), batches)
     assert compiled.forward.compiled is not None  # it did not fall back

@@ -17,6 +17,7 @@ from app.callbacks import checkpoint as checkpoint_module
 from app.data import TensorBatches, regression_1d
 from app.models import MLP
 from app.run.reproducibility import rng_state, set_rng_state
+from tests.conftest import options_of
 from app.train.tasks import TASKS
 from app.train.trainer import TIMING_METRICS, Trainer
 
@@ -47,7 +48,7 @@ def make_run(run_dir, epochs=5, extra=(), every=1, keep_last_k=0):
     train = TensorBatches(data.train, 32, device="cpu", shuffle=True, seed=0)
     val = TensorBatches(data.val, 64, device="cpu", shuffle=False)
     checkpoint = Checkpoint(run_dir / "checkpoints", every=every, keep_last_k=keep_last_k)
-    callbacks = [EarlyStopping(patience=10), checkpoint, CSVLogger(run_dir / "metrics.csv"), *extra]
+    callbacks = [EarlyStopping("val_loss", "min", patience=10, min_delta=0.0), checkpoint, CSVLogger(run_dir / "metrics.csv"), *extra]
     trainer = Trainer(model, optimizer, TASKS["regression"], device=torch.device("cpu"), epochs=epochs,
                       scheduler=scheduler, callbacks=callbacks)
     return trainer, checkpoint, train, val
@@ -248,7 +249,7 @@ def test_cuda_state_without_cuda_is_reported_not_fatal(monkeypatch):
 def test_wandb_logger_keeps_its_run_id_across_a_resume():
     from app.callbacks import WandbLogger
 
-    logger = WandbLogger(mode="offline")
+    logger = WandbLogger(**options_of("logger", "wandb", tags=[]))
     assert logger.state_dict() == {"run_id": None}
     logger.load_state_dict({"run_id": "abc123"})
     assert (logger.kwargs["id"], logger.kwargs["resume"]) == ("abc123", "allow")  # what wandb.init gets

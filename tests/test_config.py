@@ -12,7 +12,7 @@ from app.errors import ConfigError
 from app.train.tasks import TASKS, task_of
 from tests.conftest import CONF, ROOT
 
-GROUPS = ["model", "optimizer", "scheduler", "early_stopping", "device", "data", "logger", "trainer",
+GROUPS = ["model", "optimizer", "scheduler", "callbacks", "device", "data", "logger", "trainer",
           "experiment", "hparams_search"]
 
 
@@ -24,7 +24,7 @@ def test_every_group_has_its_options():
     assert options("model") == ["mlp", "resmlp"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "plateau", "step", "warmup_cosine"]
-    assert options("early_stopping") == ["default", "off"]
+    assert options("callbacks") == ["checkpoint", "early_stopping", "health", "progress"]
     assert options("device") == ["auto", "cpu", "cuda", "mps"]
     assert set(options("data")) >= {"regression", "spirals", "file"}
     assert options("logger") == ["mlflow", "none", "tensorboard", "wandb"]
@@ -64,11 +64,18 @@ def test_each_option_composes_validates_and_instantiates(compose_cfg, table, gro
         assert (scheduler is None) == (option == "none")
 
 
-@pytest.mark.parametrize("group, option", [(g, o) for g in ["early_stopping", "device", "logger", "trainer"] for o in options(g)])
-def test_runtime_groups_compose_and_validate(compose_cfg, group, option):
-    cfg = compose_cfg(f"{group}={option}")
+@pytest.mark.parametrize("group, option", [(g, o) for g in ["callbacks", "device", "logger", "trainer"] for o in options(g)])
+def test_runtime_groups_compose_validate_and_instantiate(compose_cfg, tmp_path, group, option):
+    # A callbacks list needs its one checkpoint; each option is built as a run would build it.
+    cfg = compose_cfg(f"callbacks=[checkpoint,{option}]" if group == "callbacks" else f"{group}={option}")
     assert OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     validate(cfg, TASKS["regression"].metric_names())
+    callbacks = build.build_callbacks(cfg, tmp_path, run_name="r", group=None)
+    built = {type(cb).__name__ for cb in callbacks}
+    assert {"Checkpoint", "CSVLogger"} <= built
+    if group in ("callbacks", "logger") and option != "none":
+        target = OmegaConf.select(cfg, f"{group}.{option}._target_")
+        assert target.rsplit(".", 1)[1] in built
 
 
 @pytest.mark.parametrize("option", options("experiment"))
@@ -80,7 +87,7 @@ def test_experiments_compose_and_name_a_metric_their_task_produces(compose_cfg, 
 def test_classification_experiment_monitors_accuracy(compose_cfg):
     cfg = compose_cfg("experiment=spirals")
     assert task_of(cfg.data) == "classification"
-    assert (cfg.trainer.monitor, cfg.trainer.mode, cfg.early_stopping.mode) == ("val_accuracy", "max", "max")
+    assert (cfg.trainer.monitor, cfg.trainer.mode, cfg.callbacks.early_stopping.mode) == ("val_accuracy", "max", "max")
 
 
 def test_default_config_is_the_documented_default(compose_cfg):
@@ -88,15 +95,16 @@ def test_default_config_is_the_documented_default(compose_cfg):
     assert cfg.model._target_ == "app.models.MLP" and (cfg.model.nodes, cfg.model.layers) == (64, 4)
     assert cfg.optimizer._target_ == "torch.optim.AdamW"
     assert cfg.data.n_samples == 10000 and cfg.data.val_fraction == pytest.approx(0.2)
-    assert cfg.logger.mode == "offline"
+    assert list(cfg.logger) == ["wandb"] and cfg.logger.wandb.mode == "offline"
+    assert list(cfg.callbacks) == ["early_stopping", "health", "progress", "checkpoint"]
     assert cfg.trainer.monitor == "val_loss"
 
 
 def test_early_stopping_follows_trainer_monitor_and_mode(compose_cfg):
     cfg = compose_cfg("trainer.monitor=val_mae", "trainer.mode=min")
-    assert cfg.early_stopping.monitor == "val_mae"
+    assert cfg.callbacks.early_stopping.monitor == "val_mae"
     cfg = compose_cfg("trainer.mode=max")
-    assert cfg.early_stopping.mode == "max"
+    assert cfg.callbacks.early_stopping.mode == "max"
 
 
 @pytest.mark.parametrize(
@@ -106,15 +114,27 @@ def test_early_stopping_follows_trainer_monitor_and_mode(compose_cfg):
         (["trainer.batch_size=-4"], "trainer.batch_size"),
         (["optimizer.lr=0"], "optimizer.lr"),
         (["optimizer.lr=-1e-3"], "optimizer.lr"),
-        (["early_stopping.patience=0"], "early_stopping.patience"),
+        (["callbacks.early_stopping.patience=0"], "callbacks.early_stopping.patience"),
         (["trainer.mode=maximum"], "trainer.mode"),
         (["trainer.monitor=val_acc"], "trainer.monitor"),
-        (["early_stopping.min_delta=-0.1"], "early_stopping.min_delta"),
+        (["callbacks.early_stopping.min_delta=-0.1"], "callbacks.early_stopping.min_delta"),
+        (["callbacks.early_stopping.monitor=val_acc"], "callbacks.early_stopping.monitor"),
         (["model.dropout=1.5"], "model.dropout"),
         (["model.activation=swish"], "model.activation"),
         (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov"),
         (["scheduler=plateau", "scheduler.interval=step"], "scheduler.interval"),
-        (["logger.mode=sometimes"], "logger.mode"),
+        (["logger.wandb.mode=sometimes"], "logger.wandb.mode"),
+        (["~callbacks.checkpoint"], "callbacks"),
+        (["++trainer.fast_dev_run=true"], "trainer.fast_dev_run"),
+        (["+trainer.strategy=ddp"], "trainer.strategy"),
+        (["+device.name=gpu0"], "device.name"),
+        (["+model.foo=1"], "model.foo"),
+        (["++optimizer.momentum=0.9"], "optimizer.momentum"),
+        (["+scheduler.warmup=3"], "scheduler.warmup"),
+        (["+data.n_rows=5"], "data.n_rows"),
+        (["++callbacks.health.bogus=1"], "callbacks.health.bogus"),
+        (["logger=[wandb,tensorboard]", "+logger.tensorboard.flush_every=1"], "logger.tensorboard.flush_every"),
+        (["+seedz=3"], "seedz"),
         (["device.type=tpu"], "device.type"),
         (["scheduler=warmup_cosine", "trainer.epochs=4", "scheduler.warmup_steps=5"], "scheduler.warmup_steps"),
     ],

@@ -53,7 +53,7 @@ def test_single_run_leaves_every_record(run_app, tmp_path):
 
 def test_wandb_offline_files_live_in_the_run_dir(run_app, tmp_path):
     args = [a for a in FAST if a != "logger=none"]
-    run_app(*args, "logger.tags=[smoke]", check=True)
+    run_app(*args, "logger.wandb.tags=[smoke]", check=True)
     [run_dir] = run_dirs(tmp_path)
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1

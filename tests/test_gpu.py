@@ -186,7 +186,7 @@ def test_compile_with_inductor_matches_eager_and_checkpoints_plain_keys(tmp_path
     eager = make(epochs=2)
     eager.fit(train, val)
     train, val = batches()
-    checkpoint = Checkpoint(tmp_path)
+    checkpoint = Checkpoint(tmp_path, every=1, keep_last_k=0)
     compiled = make(epochs=2, compile=True, callbacks=[checkpoint])
     compiled.fit(train, val)
     assert compiled.forward.compiled is not None  # inductor worked: no fallback

@@ -12,7 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from app.callbacks import CSVLogger, HealthMonitor
+from app.callbacks import CSVLogger
+from app.callbacks import HealthMonitor as _HealthMonitor
+from tests.conftest import options_of
+
+
+def HealthMonitor(**options):  # noqa: N802 -- the callback with conf/callbacks/health.yaml's options
+    return _HealthMonitor(**options_of("callbacks", "health", **options))
 from app.train.tasks import TASKS
 from app.train.trainer import Trainer
 from tests.test_acceleration import SizedBatches, mlp

@@ -126,7 +126,9 @@ def test_resumes_continue_in_the_run_directory_and_are_recorded(runs):
     base = json.loads((runs["base"] / "provenance.json").read_text())
     assert record["config_hash"] == base["config_hash"]
     assert [r["from_epoch"] for r in record["resumes"]] == [2, 2, 4]
-    assert record["resumes"][-1]["accepted_changes"] == {"trainer.log_every": [10, 1]}
+    # callbacks.progress.log_every interpolates trainer.log_every: the resolved config changes in both
+    assert record["resumes"][-1]["accepted_changes"] == {"trainer.log_every": [10, 1],
+                                                         "callbacks.progress.log_every": [10, 1]}
     assert "resume=" in " ".join(record["resumes"][0]["command"])
     log = (runs["run"] / "train.log").read_text()
     assert log.count("resuming ") == 3  # every attempt logged into the run's own log

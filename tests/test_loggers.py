@@ -18,6 +18,7 @@ from app.callbacks import Callback, Checkpoint, CSVLogger
 from app.callbacks.logger import Logger, flatten
 from app.train.tasks import TASKS
 from app.train.trainer import Trainer
+from tests.conftest import options_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_CONFIG = {
@@ -45,7 +46,7 @@ def make_trainer(run_dir: Path, *loggers: Callback, epochs=3, extra=()) -> Train
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    callbacks = [Checkpoint(run_dir / "checkpoints"), CSVLogger(run_dir / "metrics.csv"), *loggers, *extra]
+    callbacks = [Checkpoint(run_dir / "checkpoints", every=1, keep_last_k=0), CSVLogger(run_dir / "metrics.csv"), *loggers, *extra]
     return Trainer(model, optimizer, TASKS["regression"], device=torch.device("cpu"), epochs=epochs,
                    callbacks=callbacks)
 
@@ -141,7 +142,7 @@ def test_tensorboard_scalars_per_epoch_and_hparams_with_final_metrics(tmp_path):
 
     from app.callbacks.tensorboard_logger import TensorBoardLogger
 
-    logger = TensorBoardLogger(dir=tmp_path, group="sweep-1")
+    logger = TensorBoardLogger(**options_of("logger", "tensorboard"), dir=tmp_path, group="sweep-1")
     logger.run_config = RUN_CONFIG
     logger.hparams = {"optimizer.lr": 0.05, "model.nodes": [8, 8], "trainer.compile": False}
     trainer = make_trainer(tmp_path, logger)
@@ -169,7 +170,7 @@ def test_tensorboard_scalars_per_epoch_and_hparams_with_final_metrics(tmp_path):
 def test_tensorboard_without_hparams_records_the_flattened_config(tmp_path):
     from app.callbacks.tensorboard_logger import TensorBoardLogger
 
-    logger = TensorBoardLogger(dir=tmp_path)
+    logger = TensorBoardLogger(**options_of("logger", "tensorboard"), dir=tmp_path)
     logger.run_config = RUN_CONFIG
     fit_and_end(make_trainer(tmp_path, logger, epochs=1))
     hparams, _ = hparams_of(tensorboard_reader(tmp_path / "tensorboard"))
@@ -195,14 +196,14 @@ def test_tensorboard_resume_logs_each_epoch_once(tmp_path):
     from app.callbacks.tensorboard_logger import TensorBoardLogger
 
     checkpoints = tmp_path / "checkpoints"
-    first = TensorBoardLogger(dir=tmp_path)
+    first = TensorBoardLogger(**options_of("logger", "tensorboard"), dir=tmp_path)
     trainer = make_trainer(tmp_path, first, epochs=4, extra=[SnapshotThenInterrupt(checkpoints, 2)])
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(ListBatches(), ListBatches())
     first.on_run_end({"status": "failed", "monitor": "val_loss", "epochs_run": 3})
     shutil.move(checkpoints / "kept.pt", checkpoints / "last.pt")
 
-    second = TensorBoardLogger(dir=tmp_path)
+    second = TensorBoardLogger(**options_of("logger", "tensorboard"), dir=tmp_path)
     resumed = make_trainer(tmp_path, second, epochs=4)
     resumed.callbacks[0].restore(resumed)
     assert resumed.epoch == 2
@@ -218,7 +219,7 @@ def test_tensorboard_that_cannot_write_warns_once_and_training_completes(tmp_pat
     from app.callbacks.tensorboard_logger import TensorBoardLogger
 
     (tmp_path / "tensorboard").write_text("a file where the event folder should be")
-    logger = TensorBoardLogger(dir=tmp_path)
+    logger = TensorBoardLogger(**options_of("logger", "tensorboard"), dir=tmp_path)
     summary = fit_and_end(make_trainer(tmp_path, logger))
     assert summary["status"] == "completed"
     assert csv_epochs(tmp_path) == [1, 2, 3]
@@ -235,7 +236,8 @@ def sqlite_uri(path: Path) -> str:
 def mlflow_logger(run_dir: Path, uri: str, **kw):
     from app.callbacks.mlflow_logger import MLflowLogger
 
-    logger = MLflowLogger(tracking_uri=uri, experiment_name="tests", dir=run_dir, **kw)
+    options = options_of("logger", "mlflow", tracking_uri=uri, experiment_name="tests", tags=kw.pop("tags", {}))
+    logger = MLflowLogger(**options, dir=run_dir, **kw)
     logger.run_config = RUN_CONFIG
     return logger
 
@@ -330,10 +332,10 @@ def test_mlflow_default_store_is_sqlite_under_outputs(tmp_path, monkeypatch):
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert MLflowLogger().tracking_uri == f"sqlite:///{tmp_path.resolve()}/outputs/mlflow.db"
+    assert MLflowLogger(**options_of("logger", "mlflow")).tracking_uri == f"sqlite:///{tmp_path.resolve()}/outputs/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert MLflowLogger().tracking_uri == "http://127.0.0.1:5000"
-    assert MLflowLogger(tracking_uri="sqlite:////x.db").tracking_uri == "sqlite:////x.db"
+    assert MLflowLogger(**options_of("logger", "mlflow")).tracking_uri == "http://127.0.0.1:5000"
+    assert MLflowLogger(**options_of("logger", "mlflow", tracking_uri="sqlite:////x.db")).tracking_uri == "sqlite:////x.db"
 
 
 # ---------------------------------------------------------------------------- W&B
@@ -341,7 +343,7 @@ def test_wandb_missing_package_warns_once_and_training_completes(tmp_path, caplo
     from app.callbacks import WandbLogger
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: `import wandb` fails
-    logger = WandbLogger(mode="offline", dir=tmp_path / "wandb-run")
+    logger = WandbLogger(**options_of("logger", "wandb", tags=[]), dir=tmp_path / "wandb-run")
     summary = fit_and_end(make_trainer(tmp_path, logger))
     assert summary["status"] == "completed" and csv_epochs(tmp_path) == [1, 2, 3]
     (warning,) = logger_warnings(caplog)
@@ -352,7 +354,7 @@ def test_wandb_missing_package_warns_once_and_training_completes(tmp_path, caplo
 RACE = """
 import sys
 from app.callbacks.mlflow_logger import MLflowLogger
-logger = MLflowLogger(tracking_uri=sys.argv[1], experiment_name="race", group="study", name=sys.argv[2])
+logger = MLflowLogger(tracking_uri=sys.argv[1], experiment_name="race", tags=None, log_checkpoint=True, group="study", name=sys.argv[2])
 logger.start(type("Resumed", (), {"epoch": 0})())
 print(logger.parent_run_id)
 """

@@ -54,7 +54,7 @@ def test_compare_two_runs(compose_cfg, tmp_path, capsys):
     assert provenance.main([str(a), str(b)]) == 1
     out = capsys.readouterr().out
     assert "config_hash:" in out and "config optimizer.lr: 0.003 | 0.1" in out
-    assert "logger.mode" in out and "does not change the numbers" in out
+    assert "logger.wandb.mode" in out and "does not change the numbers" in out
     assert provenance.main([str(a), str(tmp_path)]) == 2
 
 

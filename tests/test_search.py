@@ -148,7 +148,7 @@ def test_pruning_callback_stops_the_run_as_pruned_and_never_passes_non_finite_va
 
 
 def test_pruning_first_lets_the_checkpoint_of_the_pruned_epoch_be_written(tmp_path):
-    checkpoint = Checkpoint(tmp_path, every=10)
+    checkpoint = Checkpoint(tmp_path, every=10, keep_last_k=0)
     trainer = script_val_loss(make_trainer(epochs=5, callbacks=[Pruning(lambda e, v: e == 2), checkpoint]),
                               [0.9, 0.95, 0.7, 0.6, 0.5])
     batches = regression_batches([8])

@@ -76,10 +76,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 class Checkpoint(Callback):
     """Saves `last.pt` every `every` epochs, at the end, and whenever the monitored metric
     reaches a new best; `best.pt` is then the same file (a hard link: no second write).
-    `keep_last_k` > 0 also keeps `epoch-NNNN.pt` for the last k of the every-N epochs."""
+    `keep_last_k` > 0 also keeps `epoch-NNNN.pt` for the last k of the every-N epochs.
 
-    def __init__(self, directory: str | Path, every: int = 1, keep_last_k: int = 0) -> None:
-        self.directory = Path(directory)
+    `directory` is taken relative to `run_dir` (the run directory, which the app passes) unless
+    it is absolute. Options and their defaults: conf/callbacks/checkpoint.yaml."""
+
+    def __init__(self, directory: str | Path, every: int, keep_last_k: int, *,
+                 run_dir: str | Path | None = None) -> None:
+        self.directory = Path(run_dir) / directory if run_dir is not None else Path(directory)
         self.every = every
         self.keep_last_k = keep_last_k
         self.last_path = self.directory / "last.pt"

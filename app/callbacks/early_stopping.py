@@ -12,10 +12,10 @@ class EarlyStopping(Callback):
     `min_delta` is ABSOLUTE: a value improves on the best so far only if it is lower than
     `best - min_delta` (mode=min) or higher than `best + min_delta` (mode=max). Epochs that do
     not measure `monitor` (no validation that epoch) neither count nor reset the patience.
+    Options and their defaults: conf/callbacks/early_stopping.yaml.
     """
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 10,
-                 min_delta: float = 0.0) -> None:
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if patience < 1:

@@ -20,17 +20,17 @@ class HealthMonitor(Callback):
         `min_grad_norm` for `vanishing_epochs` epochs in a row.
     overfitting: at `overfit_patience` validations in a row, val_loss rose while train_loss fell
         (each against the previous validation epoch); or, with `max_val_train_ratio` set,
-        val_loss / train_loss exceeds it (off by default: classification losses near zero have
+        val_loss / train_loss exceeds it (None: off; classification losses near zero have
         large ratios in runs that generalize well).
 
     The gradient checks read the Trainer's grad_norm metrics (`track_grad_norm`, on by default).
     Its state (the warnings given, the streaks) travels in checkpoints: a resumed run neither
-    repeats a warning nor restarts a streak.
+    repeats a warning nor restarts a streak. Options and their defaults:
+    conf/callbacks/health.yaml.
     """
 
-    def __init__(self, max_grad_norm: float = 1e3, min_grad_norm: float = 1e-6,
-                 vanishing_epochs: int = 3, overfit_patience: int = 3,
-                 max_val_train_ratio: float | None = None) -> None:
+    def __init__(self, max_grad_norm: float, min_grad_norm: float, vanishing_epochs: int,
+                 overfit_patience: int, max_val_train_ratio: float | None) -> None:
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
         if not min_grad_norm >= 0:

@@ -9,7 +9,9 @@ complete. Only `Exception`s are caught: Ctrl-C and `sys.exit` still stop the run
 
 What the app gives every logger:
 - keyword arguments `dir` (the run directory), `name` (the run's name) and `group` (the sweep's
-  or study's name; None outside sweeps), alongside the logger's own options from its YAML;
+  or study's name; None outside sweeps), each only if the constructor accepts it, alongside the
+  logger's own options from its YAML (`conf/logger/<name>.yaml`, the one place their defaults
+  are written);
 - attributes `run_config` (the run's resolved config as a plain dict) and `hparams` (the trial's
   parameters in a sweep, `{"optimizer.lr": 0.01, ...}`; empty outside sweeps). They are set after
   construction, not passed to it, because Hydra's `instantiate` would try to build the

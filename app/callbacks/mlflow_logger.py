@@ -52,7 +52,7 @@ class MLflowLogger(Logger):
     the checkpoint). Params are immutable in MLflow: a key a resumed run changed keeps its first
     value (the change is logged).
 
-    Args:
+    Args (defaults: conf/logger/mlflow.yaml):
         tracking_uri: where runs are stored. None: `$MLFLOW_TRACKING_URI` if set, else the local
             SQLite store of the module docstring.
         experiment_name: created if missing.
@@ -62,10 +62,10 @@ class MLflowLogger(Logger):
 
     def __init__(
         self,
-        tracking_uri: str | None = None,
-        experiment_name: str = "hydra-torch-app",
-        tags: Mapping[str, str] | None = None,
-        log_checkpoint: bool = True,
+        tracking_uri: str | None,
+        experiment_name: str,
+        tags: Mapping[str, str] | None,
+        log_checkpoint: bool,
         *,
         dir: str | Path | None = None,
         name: str | None = None,

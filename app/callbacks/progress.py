@@ -21,7 +21,11 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 class ProgressLogger(Callback):
-    def __init__(self, log_every: int = 10, progress_bar: bool = True, stream=None) -> None:
+    """A metrics line every `log_every` epochs (0: never; also the first and last epoch); a bar
+    on `stream` (stderr) with `progress_bar` when it is a terminal. Options and their defaults:
+    conf/callbacks/progress.yaml."""
+
+    def __init__(self, log_every: int, progress_bar: bool, stream=None) -> None:
         self.log_every = log_every
         self.stream = stream or sys.stderr
         self.bar = progress_bar and self.stream.isatty()

@@ -29,12 +29,12 @@ class TensorBoardLogger(Logger):
     one runs again are shown once (TensorBoard keeps, per tag, the hyperparameters and status
     first written; a run resumed after an exception shows the status of its first end).
 
-    Args:
+    Args (defaults: conf/logger/tensorboard.yaml):
         subdir: the folder inside the run directory that holds the event files.
         flush_secs: seconds between writes to disk (each epoch's end writes too).
     """
 
-    def __init__(self, subdir: str = "tensorboard", flush_secs: int = 30, *, dir,
+    def __init__(self, subdir: str, flush_secs: int, *, dir,
                  name: str | None = None, group: str | None = None) -> None:
         super().__init__(dir=dir, name=name, group=group)
         self.log_dir = self.dir / subdir

@@ -12,16 +12,17 @@ class WandbLogger(Logger):
     """Starts a W&B run when fitting starts, logs each epoch's metrics at step=epoch, writes the
     run's summary (status, best, test metrics) and finishes the run in `on_run_end`, which the
     app calls even when the run fails, so no W&B run leaks into the next job of a sweep. A W&B
-    failure warns once and turns the logger off (see `Logger`)."""
+    failure warns once and turns the logger off (see `Logger`). Options and their defaults:
+    conf/logger/wandb.yaml (`group` and `name`: None lets the app name them)."""
 
     def __init__(
         self,
-        mode: str = "offline",
-        project: str = "hydra-torch-app",
-        entity: str | None = None,
-        group: str | None = None,
-        tags: Sequence[str] = (),
-        name: str | None = None,
+        mode: str,
+        project: str,
+        entity: str | None,
+        group: str | None,
+        tags: Sequence[str],
+        name: str | None,
         *,
         dir: str | Path | None = None,
     ) -> None:

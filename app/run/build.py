@@ -19,8 +19,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from app import targets
-from app.callbacks import Callback, Checkpoint, CSVLogger, EarlyStopping, ProgressLogger
-from app.config import validate
+from app.callbacks import Callback, Checkpoint, CSVLogger
+from app.config import parameters, validate
 from app.data import DataSplits, TensorBatches
 from app.errors import ConfigError
 from app.run import faults
@@ -112,27 +112,49 @@ def build_batches(
     return faults.wrap_train_batches(train), val, test  # wrap: a no-op outside kill tests
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path, run_name: str, group: str | None) -> list[Callback]:
-    """Early stopping, checkpoints, metrics.csv, progress, and the configured logger."""
-    t = cfg.trainer
-    callbacks: list[Callback] = []
-    es = cfg.early_stopping
-    if es.enabled:
-        callbacks.append(EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta))
-    callbacks += [
-        Checkpoint(run_dir / "checkpoints", every=t.checkpoint_every, keep_last_k=t.keep_last_k),
-        CSVLogger(run_dir / "metrics.csv"),
-        ProgressLogger(t.log_every, t.progress_bar),
-    ]
-    if cfg.logger is not None:
-        with building("logger", cfg.logger):
-            logger = targets.instantiate(
-                cfg.logger, "logger", cfg.trusted_modules,
-                dir=str(run_dir),
-                name=cfg.logger.get("name") or run_name,
-                group=cfg.logger.get("group") or group,
-            )
+def _context(target_node: DictConfig, key: str, trusted_modules: Any, offered: dict[str, Any]) -> dict[str, Any]:
+    """The run-context keyword arguments (of `offered`) that the node's callable accepts."""
+    accepted = parameters(targets.locate(target_node._target_, key, trusted_modules))
+    return {k: v for k, v in offered.items() if accepted is None or k in accepted}
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, run_name: str, group: str | None,
+                    hparams: dict[str, Any] | None = None) -> list[Callback]:
+    """Every entry of `cfg.callbacks` and `cfg.logger`, and the metrics.csv writer, in this order:
+
+    1. `callbacks.<name>` in the order the defaults list composed them (`+callbacks=x` appends),
+       except checkpoints: early stopping and anything else that may stop the run, or whose state
+       a checkpoint stores, acts on an epoch before it is saved;
+    2. the checkpoint (`validate` requires exactly one: resume and the test with the best
+       weights read it);
+    3. `metrics.csv` (app.callbacks.CSVLogger): always, whatever the config lists;
+    4. `logger.<name>` in the order of the `logger=[...]` list.
+    (A sweep's pruning callback goes before all of them: app/main.py inserts it at 0.)
+
+    Run context is passed as keyword arguments to the constructors that accept them: callbacks
+    get `run_dir`; loggers `dir` (the run directory), `name` (the logger's own `name` option, else
+    `run_name`) and `group` (its own `group` option, else `group`, the sweep's or study's name).
+    Loggers then get `.run_config` (the resolved config) and `.hparams` (`hparams`: a sweep
+    trial's parameters, {"optimizer.lr": 0.01, ...}; empty outside sweeps).
+    """
+    first: list[Callback] = []
+    checkpoints: list[Callback] = []
+    for name, node in cfg.callbacks.items():
+        key = f"callbacks.{name}"
+        with building(key, node):
+            callback = targets.instantiate(node, key, cfg.trusted_modules,
+                                           **_context(node, key, cfg.trusted_modules, {"run_dir": run_dir}))
+        (checkpoints if isinstance(callback, Checkpoint) else first).append(callback)
+    callbacks = [*first, *checkpoints, CSVLogger(run_dir / "metrics.csv")]
+
+    for name, node in cfg.logger.items():
+        key = f"logger.{name}"
+        offered = {"dir": str(run_dir), "name": node.get("name") or run_name, "group": node.get("group") or group}
+        with building(key, node):
+            logger = targets.instantiate(node, key, cfg.trusted_modules,
+                                         **_context(node, key, cfg.trusted_modules, offered))
         logger.run_config = OmegaConf.to_container(cfg, resolve=True)
+        logger.hparams = dict(hparams or {})
         callbacks.append(logger)
     return callbacks
 
@@ -199,7 +221,8 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
     with stage("scheduler"):
         scheduler, interval = build_scheduler(cfg, optimizer)
     with stage("callbacks"):
-        callbacks = build_callbacks(cfg, run_dir, run_name=run_name, group=group)
+        callbacks = build_callbacks(cfg, run_dir, run_name=run_name, group=group,
+                                    hparams=trial.params if trial is not None else None)
         if trial is not None:
             trial.start_seed(cfg.trainer.epochs)
             callbacks.insert(0, trial.pruning_callback(cfg.trainer.monitor))

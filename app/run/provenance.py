@@ -22,7 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 RUNTIME_KEYS = ("resume", "resume_force", "preflight")
 # Keys (and key prefixes) that change what a run reports or keeps, never its numbers.
 RESULT_NEUTRAL = (
-    "logger",                    # W&B on/off, mode, project, tags, names
+    "logger",                    # experiment loggers: which, modes, projects, tags, names
+    "callbacks.checkpoint",      # checkpoint cadence and folder
+    "callbacks.progress",        # log lines and the progress bar
+    "callbacks.health",          # warnings only
     "task_name",                 # a name for the run and its log file
     "trainer.log_every",
     "trainer.progress_bar",
