@@ -50,6 +50,7 @@ class TrainerConf:
     grad_clip: float = MISSING  # clip the gradients' global L2 norm to this; 0: off
     accumulate_grad_batches: int = MISSING  # optimizer step every N batches (loss divided by N)
     matmul_precision: str = MISSING  # highest | high (TF32) | medium: float32 matmuls
+    grad_norm_every: int = MISSING  # measure grad_norm at every N-th optimizer step (1: each)
 
 
 @dataclass
@@ -380,6 +381,7 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     _check(_finite(t.grad_clip) and t.grad_clip >= 0, "trainer.grad_clip", t.grad_clip,
            "a finite number >= 0 (the largest global gradient L2 norm; 0 turns clipping off)")
     _positive_int(cfg, "trainer.accumulate_grad_batches")
+    _positive_int(cfg, "trainer.grad_norm_every")
     _check(not (t.cuda_graph and str(t.precision) == "16-mixed"), "trainer.precision", t.precision,
            "32 or bf16-mixed with trainer.cuda_graph=true",
            "the GradScaler of 16-mixed decides on the host whether to step, which a CUDA graph cannot replay")

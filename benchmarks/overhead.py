@@ -4,8 +4,9 @@ on the same model, initial weights, data, batch order and number of steps.
 Both keep the data on the device, sum losses on the device and read them once per epoch, and
 validate every epoch. Each timed sample is `--epochs` epochs of one of them; samples alternate
 between them, and the ratio is the median of the paired ratios (trainer / hand-written). The
-Trainer runs twice: with its defaults (the target's row) and with `track_grad_norm=False` (what
-the per-step gradient norm costs; the hand-written loop computes none).
+Trainer runs three times: as the app configures it (the target's row: the gradient norm measured
+every `trainer.grad_norm_every`-th step, conf/trainer/default.yaml), with the norm at every step,
+and with `track_grad_norm=False` (what the norm costs; the hand-written loop computes none).
 Lightning's Trainer on the same work is a reference row when `lightning` is installed.
 
     python benchmarks/overhead.py               # cuda if available, else cpu
@@ -15,11 +16,12 @@ from __future__ import annotations
 
 import math
 
-from common import ROOT  # noqa: F401  (puts the repository on sys.path)
+from common import ROOT  # (importing common puts the repository on sys.path)
 from common import (DEFAULT_TASK, Workload, alternate, finish, header, median, parser, pick_device,
                     spread, table, timed)
 
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from app.train.tasks import TASKS  # noqa: E402
 from app.train.trainer import Trainer  # noqa: E402
@@ -43,7 +45,10 @@ def measure(workload: Workload, device, epochs: int, repeats: int):
     (`track_grad_norm=False`) and the hand-written loop, all on the same work."""
     total = epochs * (repeats + 1)
     trainers = {}
-    for name, options in (("trainer", {}), ("trainer, no grad norm", {"track_grad_norm": False})):
+    every = OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml").grad_norm_every
+    variants = (("trainer", {"grad_norm_every": every}), ("trainer, grad norm every step", {"grad_norm_every": 1}),
+                ("trainer, no grad norm", {"track_grad_norm": False}))
+    for name, options in variants:
         model, optimizer, scheduler, train, val = build(workload, device, total)
         trainer = Trainer(model, optimizer, REGRESSION, device=device, epochs=0, scheduler=scheduler,
                           **options)

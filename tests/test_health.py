@@ -14,15 +14,15 @@ from torch import nn
 
 from app.callbacks import CSVLogger
 from app.callbacks import HealthMonitor as _HealthMonitor
+from app.train.tasks import TASKS
+from app.train.trainer import Trainer
 from tests.conftest import options_of
+from tests.test_acceleration import SizedBatches, mlp
+from tests.test_trainer import regression_batches
 
 
 def HealthMonitor(**options):  # noqa: N802 -- the callback with conf/callbacks/health.yaml's options
     return _HealthMonitor(**options_of("callbacks", "health", **options))
-from app.train.tasks import TASKS
-from app.train.trainer import Trainer
-from tests.test_acceleration import SizedBatches, mlp
-from tests.test_trainer import regression_batches
 
 REGRESSION = TASKS["regression"]
 CPU = torch.device("cpu")
@@ -61,6 +61,27 @@ def test_grad_norm_of_a_one_step_epoch_is_the_norm_of_that_steps_gradients():
     assert expected > 0
     assert metrics["grad_norm"] == pytest.approx(expected, rel=1e-6)
     assert metrics["grad_norm_max"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_grad_norm_every_measures_every_nth_step_of_each_epoch(monkeypatch):
+    raw = regression_batches([8, 8, 8, 8, 8]).batches
+    expected = step_norms_by_hand(mlp(), raw, lr=0.5)  # steps 0..4 of the first epoch
+    from app.train import trainer as trainer_module
+
+    real, calls = trainer_module.grad_norm, []
+
+    def counting(params):
+        calls.append(1)
+        return real(params)
+
+    monkeypatch.setattr(trainer_module, "grad_norm", counting)
+    trainer = trainer_for(mlp(), lr=0.5, epochs=2, grad_norm_every=2)
+    trainer.fit(SizedBatches(raw), None)
+    assert len(calls) == 6  # steps 0, 2, 4 of each of the two epochs: the others skip the norm
+    first = trainer.history[0]
+    measured = [expected[0], expected[2], expected[4]]
+    assert first["grad_norm"] == pytest.approx(sum(measured) / 3, rel=1e-5)
+    assert first["grad_norm_max"] == pytest.approx(max(measured), rel=1e-5)
 
 
 @pytest.mark.parametrize("grad_clip", [0.0, 0.05])

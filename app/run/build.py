@@ -235,6 +235,6 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
             scheduler_interval=interval, val_every=t.val_every, monitor=t.monitor, mode=t.mode,
             callbacks=callbacks, precision=t.precision, compile=t.compile, cuda_graph=t.cuda_graph,
             grad_clip=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
-            matmul_precision=t.matmul_precision,
+            matmul_precision=t.matmul_precision, grad_norm_every=t.grad_norm_every,
         )
     return Run(cfg, device, data, task, model, optimizer, scheduler, callbacks, train, val, test, trainer)

@@ -72,11 +72,15 @@ class Trainer:
             TF32, "medium"); None leaves torch's setting alone.
         track_grad_norm: report grad_norm and grad_norm_max; off saves computing the norm at
             every optimizer step where nothing else needs it (grad_clip computes it anyway).
+        grad_norm_every: measure the norm at every N-th optimizer step of an epoch (its first
+            step always): on small models a norm costs as much as a good part of the step.
+            Steps that clip, or that replay a CUDA graph, measure it anyway (no extra cost there).
 
     Metrics of an epoch besides the losses:
         lr: param group 0's learning rate as the epoch ends (an epoch-interval scheduler steps
             after this is read); lr_<i>: group i's (i >= 1, only with several param groups).
-        grad_norm, grad_norm_max: the mean and the max over the epoch's optimizer steps of the
+        grad_norm, grad_norm_max: the mean and the max over the epoch's measured optimizer
+            steps (all, or every `grad_norm_every`-th) of the
             global L2 norm of the gradients that step applies, taken before clipping (with
             accumulation: once per window, of the window's mean gradient; with 16-mixed:
             unscaled, and 0 for the steps the GradScaler skipped as non-finite). Non-finite
@@ -111,6 +115,7 @@ class Trainer:
         accumulate_grad_batches: int = 1,
         matmul_precision: str | None = None,
         track_grad_norm: bool = True,
+        grad_norm_every: int = 1,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -130,6 +135,8 @@ class Trainer:
         self.accumulate = accumulate_grad_batches
         self.matmul_precision = matmul_precision
         self.track_grad_norm = track_grad_norm
+        self.grad_norm_every = max(1, int(grad_norm_every))
+        self._epoch_steps = self._norm_samples = 0  # host counters: optimizer steps, measured ones
         # The epoch's [sum] and [max] of the gradient norm over optimizer steps. Updated in place
         # (and zeroed in place as an epoch starts): a captured step writes to these very tensors.
         self._grad_norm_sum = torch.zeros(1, device=device)
@@ -323,15 +330,19 @@ class Trainer:
         """Clip (optionally) and step; with `track_grad_norm`, add the pre-clip gradient norm
         to the epoch's sum and max. No host sync: the norm is not read back here, and
         non-finite gradients surface as non-finite losses and grad_norm at the epoch's end."""
-        if self.grad_clip > 0 or self.track_grad_norm:
+        measure = self.track_grad_norm and (self.grad_clip > 0 or self.graphed is not None
+                                            or self._epoch_steps % self.grad_norm_every == 0)
+        self._epoch_steps += 1
+        self._norm_samples += measure
+        if self.grad_clip > 0 or measure:
             self.scaler.unscale_(self.optimizer)
         if self.grad_clip > 0:
             # foreach=None: multi-tensor kernels wherever the device has them (CPU and CUDA do).
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip,
                                                   error_if_nonfinite=False, foreach=None)
-        elif self.track_grad_norm:
+        elif measure:
             norm = grad_norm(self.params)
-        if self.track_grad_norm:
+        if measure:
             if self.scaler.is_enabled():  # the scaler skips non-finite steps: they apply nothing
                 norm = torch.nan_to_num(norm, nan=0.0, posinf=0.0, neginf=0.0)
             self._grad_norm_sum += norm
@@ -341,6 +352,7 @@ class Trainer:
 
     def _start_health(self) -> None:
         """Zero the gradient-norm sums (in place: captured steps hold them) and the memory peak."""
+        self._epoch_steps = self._norm_samples = 0
         if self.track_grad_norm:
             self._grad_norm_sum.zero_()
             self._grad_norm_max.zero_()
@@ -353,8 +365,10 @@ class Trainer:
         metrics = {"lr": self.optimizer.param_groups[0]["lr"]}
         for i, group in enumerate(self.optimizer.param_groups[1:], start=1):
             metrics[f"lr_{i}"] = group["lr"]
-        if self.track_grad_norm and steps:
-            metrics["grad_norm"] = values[-2] / steps
+        # Replayed CUDA graphs measure every step without passing through the host counter.
+        measured = steps if self.graphed is not None else self._norm_samples
+        if self.track_grad_norm and measured:
+            metrics["grad_norm"] = values[-2] / measured
             metrics["grad_norm_max"] = values[-1]
         seconds = self._train_clock.seconds()
         if seconds > 0:
