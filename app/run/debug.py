@@ -100,6 +100,21 @@ def _fmt(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.6g}" for k, v in values.items())
 
 
+def _used(batches: dict[str, Any]) -> str:
+    """"1 train, 1 val, 1 test batch(es)" (or "..., no test split")."""
+    used = ", ".join(f"{len(b)} {name}" for name, b in batches.items() if b is not None)
+    return used + " batch(es)" + ("" if batches.get("test") is not None else ", no test split")
+
+
+def describe(cfg: DictConfig, batches: dict[str, Any]) -> str | None:
+    """What a debug mode changes about the run, in one line (None without one)."""
+    m = mode(cfg)
+    if m is None:
+        return None
+    line = f"debug={m}: {epochs(cfg)} of trainer.epochs={cfg.trainer.epochs} epochs at most; per epoch {_used(batches)}"
+    return line + (" (the training batches, fixed, also validate)" if limits(cfg).fixed else "")
+
+
 def verdict(cfg: DictConfig, history: list[dict[str, float]], test: dict[str, float],
             batches: dict[str, Any]) -> Verdict | None:
     """The one-line verdict of fast_dev_run and overfit (None for the other modes).
@@ -112,13 +127,11 @@ def verdict(cfg: DictConfig, history: list[dict[str, float]], test: dict[str, fl
         losses.update({k: v for k, v in test.items() if k == "test_loss"})
         missing = [k for k in ("train_loss", "val_loss") if k not in losses]
         bad = [k for k, v in losses.items() if not math.isfinite(v)]
-        used = ", ".join(f"{len(b)} {name}" for name, b in batches.items() if b is not None)
+        used = f"{_used(batches)}, {len(history)} epoch"
         if bad or missing:
             what = f"non-finite {_fmt({k: losses[k] for k in bad})}" if bad else f"no {', '.join(missing)}"
-            return Verdict(False, f"fast_dev_run FAILED: {what} ({used} batch(es), {len(history)} epoch)")
-        return Verdict(True, f"fast_dev_run PASSED: {_fmt(losses)}"
-                             f"{'' if 'test_loss' in losses else ' (no test split)'} ({used} batch(es), "
-                             f"{len(history)} epoch)")
+            return Verdict(False, f"fast_dev_run FAILED: {what} ({used})")
+        return Verdict(True, f"fast_dev_run PASSED: {_fmt(losses)} ({used})")
     if m == "overfit":
         train = batches["train"]
         what = f"{len(train)} fixed batch(es), {train.num_samples} samples"

@@ -46,6 +46,8 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
     else:
         resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
     log.info(run.describe())
+    if cfg.get("debug") is not None:
+        log.info(debug.describe(cfg, {"train": run.train, "val": run.val, "test": run.test}))
 
     t = cfg.trainer
     started = time.time()
