@@ -180,6 +180,42 @@ class FileDataConf(SplitConf):
 
 
 @dataclass
+class DebugConf:
+    """A debug mode (conf/debug/<mode>.yaml, app/run/debug.py); each mode adds its own keys."""
+
+    mode: str = MISSING  # fast_dev_run | overfit | limit | profile: what app/run/debug.py does
+    max_epochs: Optional[int] = MISSING  # epochs to run at most (None: trainer.epochs); the
+    #   schedule still spans trainer.epochs, so the run's first epochs are those of the real run
+
+
+@dataclass
+class FastDevRunConf(DebugConf):
+    batches: int = MISSING  # batches of train, validation and test each
+
+
+@dataclass
+class OverfitConf(DebugConf):
+    batches: int = MISSING  # the fixed training batches, also the validation batches
+    target_ratio: float = MISSING  # learned: train_loss <= target_ratio x the first epoch's
+
+
+@dataclass
+class LimitConf(DebugConf):
+    limit_train_batches: Optional[int] = MISSING  # batches per epoch at most (None: all)
+    limit_val_batches: Optional[int] = MISSING
+    limit_test_batches: Optional[int] = MISSING
+
+
+@dataclass
+class ProfileConf(DebugConf):
+    wait: int = MISSING  # torch.profiler.schedule: training steps skipped,
+    warmup: int = MISSING  # then traced but discarded (warm caches),
+    active: int = MISSING  # then recorded
+    sort_by: str = MISSING  # the column the top-operator table is sorted by
+    row_limit: int = MISSING  # rows of that table
+
+
+@dataclass
 class Config:
     """The root. Groups whose options differ in shape are typed by their option's schema;
     `callbacks` and `logger` map a name to a `_target_` node (checked against its signature)."""
@@ -200,6 +236,7 @@ class Config:
     resume_force: bool = MISSING  # resume even with overrides that change the result
     preflight: bool = MISSING  # check that one training step works, then exit (app/tools/preflight.py)
     trusted_modules: List[str] = MISSING  # module prefixes of `_target_`s (app/targets.py)
+    debug: Any = MISSING  # None, or a debug mode's keys (conf/debug/, SCHEMAS["debug"])
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -210,6 +247,12 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "step": StepConf,
         "plateau": PlateauConf,
         "warmup_cosine": WarmupCosineConf,
+    },
+    "debug": {
+        "fast_dev_run": FastDevRunConf,
+        "overfit": OverfitConf,
+        "limit": LimitConf,
+        "profile": ProfileConf,
     },
     "data": {
         "regression": RegressionDataConf,
@@ -247,6 +290,11 @@ WANDB_MODES = ("offline", "online", "disabled")
 INTERVALS = ("epoch", "step")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+PROFILE_SORT_KEYS = (  # what torch.profiler's key_averages().table(sort_by=...) sorts by
+    "self_cpu_time_total", "cpu_time_total", "self_cuda_time_total", "cuda_time_total",
+    "self_device_time_total", "device_time_total", "cpu_memory_usage", "self_cpu_memory_usage",
+    "cuda_memory_usage", "self_cuda_memory_usage", "count",
+)
 
 
 def _check(ok: bool, key: str, value: Any, accepted: str, reason: str = "") -> None:
@@ -341,6 +389,9 @@ def refuse_unknown_keys(cfg: DictConfig, located: dict[str, Any] | None = None) 
     _known(cfg, "", [f.name for f in fields(Config)], "the config root")
     for key, schema in (("trainer", TrainerConf), ("device", DeviceConf)):
         _known(cfg[key], key, [f.name for f in fields(schema)], f"`{key}`")
+    debug = cfg.get("debug")
+    if isinstance(debug, DictConfig) and debug.get("mode") in SCHEMAS["debug"]:
+        _known(debug, "debug", [f.name for f in fields(SCHEMAS["debug"][debug.mode])], f"`debug` ({debug.mode})")
     nodes = dict(_target_nodes(cfg))
     for key, target in (_located(cfg) if located is None else located).items():
         known = parameters(target) if target is not None else None
@@ -400,10 +451,14 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
             _check(_finite(node.get("min_delta")) and node.min_delta >= 0, f"{key}.min_delta",
                    node.get("min_delta"), "a finite number >= 0 (an absolute change in the monitored metric)")
     checkpoints = [name for name, _ in _entries(cfg, "callbacks") if built_as(f"callbacks.{name}", Checkpoint)]
-    _check(len(checkpoints) == 1, "callbacks", checkpoints or sorted(cfg.callbacks),
+    debugging = cfg.get("debug") is not None
+    _check(len(checkpoints) == 1 or (debugging and not checkpoints), "callbacks", checkpoints or sorted(cfg.callbacks),
            "exactly one checkpoint callback (app.callbacks.Checkpoint or a subclass), e.g. "
            "callbacks.checkpoint: +callbacks=checkpoint brings the default one back",
-           "A run needs one: resuming and testing with the best weights read its checkpoints")
+           "A run needs one: resuming and testing with the best weights read its checkpoints "
+           "(only a debug run may go without: it tests its last weights)")
+    if debugging:
+        _validate_debug(cfg)
 
     opt = cfg.optimizer
     _check(_finite(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "a finite number > 0")
@@ -502,3 +557,28 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
                 value,
                 "a metric this task produces: " + ", ".join(metric_names),
             )
+
+
+def _validate_debug(cfg: DictConfig) -> None:
+    """The `debug` keys (conf/debug/<mode>.yaml; what they do: app/run/debug.py)."""
+    d = cfg.debug
+    _check(isinstance(d, DictConfig) and d.get("mode") in SCHEMAS["debug"], "debug.mode",
+           d.get("mode") if isinstance(d, DictConfig) else d,
+           "null or a mode of conf/debug/: debug=" + ", debug=".join(SCHEMAS["debug"]))
+    if d.max_epochs is not None:
+        _positive_int(cfg, "debug.max_epochs")
+    for key in ("batches", "limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        if d.get(key) is not None:
+            _positive_int(cfg, f"debug.{key}")
+    if d.mode == "overfit":
+        _check(_finite(d.target_ratio) and 0 < d.target_ratio < 1, "debug.target_ratio", d.target_ratio,
+               "a number in (0, 1): the fraction of its first-epoch value train_loss must fall to")
+    if d.mode == "profile":
+        _positive_int(cfg, "debug.wait", allow_zero=True)
+        _positive_int(cfg, "debug.warmup", allow_zero=True)
+        _positive_int(cfg, "debug.active")
+        _positive_int(cfg, "debug.row_limit")
+        _check(d.sort_by in PROFILE_SORT_KEYS, "debug.sort_by", d.sort_by, ", ".join(PROFILE_SORT_KEYS))
+    if cfg.get("resume") and d.mode != "limit":
+        raise ConfigError("resume", cfg.resume, "a run without debug, or with debug=limit (a normal run on fewer batches)",
+                          f"a debug={d.mode} run is a quick check that keeps nothing to continue from: run it again")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from app import CONF_DIR, targets
@@ -35,6 +36,8 @@ def main(cfg: DictConfig) -> float:
     try:
         trial = current_trial(cfg.trusted_modules)
         summary = train_seeds(cfg, run_dir, execute, trial) if cfg.seeds else execute(cfg, run_dir, trial)
+        if summary.debug is not None and not summary.debug["passed"] and HydraConfig.get().mode != RunMode.MULTIRUN:
+            sys.exit(1)  # a debug verdict: FAILED (in a sweep each job's verdict is logged, the sweep goes on)
         return summary.objective
     except (ConfigError, RuntimeError) as caught:
         error = determinism_refusal(caught) or caught

@@ -111,3 +111,41 @@ class TensorBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state from `state_dict` (a checkpoint mapped to another device works too)."""
         self._generator.set_state(state["generator"].to("cpu", torch.uint8))
+
+
+class LimitedBatches:
+    """The first `limit` batches of each epoch of `batches` (a `TensorBatches` or another batch
+    iterable with `batch_size` and `num_samples`): a view, the data is not copied.
+
+    Each epoch draws its order from `batches` as usual and stops after `limit` batches, so with
+    shuffling every epoch sees a different (seeded, reproducible) subset, and the shuffle state
+    that `state_dict` hands to checkpoints is the underlying iterator's: a resumed limited run
+    continues exactly. Without shuffling the same `limit` batches come every epoch.
+    `num_samples` counts the samples of those batches only, so epoch means stay per-sample.
+    """
+
+    def __init__(self, batches: Any, limit: int) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        self.batches = batches
+        self.limit = min(limit, len(batches))
+        self.batch_size = batches.batch_size
+
+    @property
+    def num_samples(self) -> int:
+        # Every batch is full but maybe the underlying epoch's last: sizes do not depend on the order.
+        return min(self.limit * self.batch_size, self.batches.num_samples)
+
+    def __len__(self) -> int:
+        return self.limit
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        iterator = iter(self.batches)
+        for _ in range(self.limit):
+            yield next(iterator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches.load_state_dict(state)

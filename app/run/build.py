@@ -21,15 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from app import targets
 from app.callbacks import Callback, Checkpoint, CSVLogger
 from app.config import parameters, validate
-from app.data import DataSplits, TensorBatches
+from app.data import DataSplits, LimitedBatches, TensorBatches
 from app.errors import ConfigError
-from app.run import faults
+from app.run import debug, faults
 from app.run.device import describe as describe_device
 from app.run.device import resolve_device
 from app.run.reproducibility import set_deterministic
 from app.train.acceleration import check_device_options
 from app.train.tasks import TASKS, Task, task_of
-from app.train.trainer import Trainer
+from app.train.trainer import Batches, Trainer
 
 # Keys of a scheduler's config that the trainer reads and the scheduler class must not see.
 SCHEDULER_TRAINER_KEYS = ("interval",)
@@ -101,15 +101,28 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> tuple[
 
 def build_batches(
     data: DataSplits, cfg: DictConfig, device: torch.device
-) -> tuple[TensorBatches, TensorBatches, TensorBatches | None]:
-    """Train (shuffled, seeded from `seed`), validation and test batch iterators."""
+) -> tuple[Batches, Batches, Batches | None]:
+    """Train (shuffled, seeded from `seed`), validation and test batch iterators, each limited to
+    the batches per epoch a debug mode allows (app/run/debug.py: `limits`). debug=overfit trains
+    on fixed batches (not shuffled) and validates on those same batches, and has no test."""
     t = cfg.trainer
     eval_bs = t.eval_batch_size or 4 * t.batch_size
+    limits = debug.limits(cfg)
     common = dict(device=device, on_device=t.data_on_device, pin_memory=t.pin_memory and device.type == "cuda")
-    train = TensorBatches(data.train, t.batch_size, shuffle=True, seed=cfg.seed, **common)
-    val = TensorBatches(data.val, eval_bs, shuffle=False, **common)
-    test = TensorBatches(data.test, eval_bs, shuffle=False, **common) if data.test is not None else None
+    train = limited(TensorBatches(data.train, t.batch_size, shuffle=not limits.fixed, seed=cfg.seed, **common),
+                    limits.train)
+    if limits.fixed:
+        val, test = train, None
+    else:
+        val = limited(TensorBatches(data.val, eval_bs, shuffle=False, **common), limits.val)
+        test = (limited(TensorBatches(data.test, eval_bs, shuffle=False, **common), limits.test)
+                if data.test is not None else None)
     return faults.wrap_train_batches(train), val, test  # wrap: a no-op outside kill tests
+
+
+def limited(batches: TensorBatches, limit: int | None) -> Batches:
+    """`batches`, or their first `limit` batches per epoch."""
+    return batches if limit is None else LimitedBatches(batches, limit)
 
 
 def _context(target_node: DictConfig, key: str, trusted_modules: Any, offered: dict[str, Any]) -> dict[str, Any]:
@@ -172,9 +185,9 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     callbacks: list[Callback]
-    train: TensorBatches
-    val: TensorBatches
-    test: TensorBatches | None
+    train: Batches
+    val: Batches
+    test: Batches | None
     trainer: Trainer
 
     @property
@@ -221,17 +234,18 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
     with stage("scheduler"):
         scheduler, interval = build_scheduler(cfg, optimizer)
     with stage("callbacks"):
-        callbacks = build_callbacks(cfg, run_dir, run_name=run_name, group=group,
-                                    hparams=trial.params if trial is not None else None)
+        callbacks = debug.callbacks(cfg) + build_callbacks(cfg, run_dir, run_name=run_name, group=group,
+                                                           hparams=trial.params if trial is not None else None)
+        epochs = debug.epochs(cfg)  # trainer.epochs, unless a debug mode runs fewer
         if trial is not None:
-            trial.start_seed(cfg.trainer.epochs)
+            trial.start_seed(epochs)
             callbacks.insert(0, trial.pruning_callback(cfg.trainer.monitor))
     with stage("batches"):
         train, val, test = build_batches(data, cfg, device)
     with stage("trainer"):
         t = cfg.trainer
         trainer = Trainer(
-            model, optimizer, task, device=device, epochs=t.epochs, scheduler=scheduler,
+            model, optimizer, task, device=device, epochs=epochs, scheduler=scheduler,
             scheduler_interval=interval, val_every=t.val_every, monitor=t.monitor, mode=t.mode,
             callbacks=callbacks, precision=t.precision, compile=t.compile, cuda_graph=t.cuda_graph,
             grad_clip=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,

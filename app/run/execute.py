@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from app.run import resume
+from app.run import debug, resume
 from app.run.build import build_run
 from app.run.device import describe
 from app.run.provenance import config_hash
@@ -46,19 +46,32 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
     else:
         resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
     log.info(run.describe())
+    if cfg.get("debug") is not None:
+        log.info(debug.describe(cfg, {"train": run.train, "val": run.val, "test": run.test}))
 
     t = cfg.trainer
     started = time.time()
     summary = Summary(Status.FAILED, monitor=t.monitor, mode=t.mode)
+    profiler = debug.profiler(cfg, run_dir, run.device)  # debug=profile only
     try:
-        result = run.trainer.fit(run.train, run.val)
+        try:
+            result = run.trainer.fit(profiler.wrap(run.train) if profiler else run.train, run.val)
+        finally:
+            if profiler:
+                profiler.close()
+        # Without a checkpoint (debug runs may go without) the test takes the last weights.
         best_loaded = run.checkpoint is not None and run.checkpoint.load_best_weights(run.model)
-        test = run.trainer.evaluate(run.test, prefix="test") if run.test is not None and best_loaded else {}
+        tested = run.test is not None and (best_loaded or run.checkpoint is None)
+        test = run.trainer.evaluate(run.test, prefix="test") if tested else {}
         summary = Summary(
             result.stop_reason, monitor=t.monitor, mode=t.mode, message=result.message, best=result.best,
             best_epoch=result.best_epoch, last=result.last, epochs_run=result.epochs_run,
             last_metrics=result.last_metrics, test=test,
         )
+        verdict = debug.verdict(cfg, run.trainer.history, test,
+                                {"train": run.train, "val": run.val, "test": run.test})
+        if verdict is not None:
+            summary.debug = verdict.to_dict()
     except BaseException as error:
         summary.epochs_run, summary.error = run.trainer.epoch, f"{type(error).__name__}: {error}"
         raise
@@ -75,4 +88,6 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         resume.refresh_sweep_summary(run_dir)
     log.info("%s: best %s=%s at epoch %s, %d epochs, %.1fs -> %s", summary.status, t.monitor,
              summary.best, summary.best_epoch, summary.epochs_run, summary.wall_time_s, run_dir)
+    if summary.debug is not None:
+        (log.info if summary.debug["passed"] else log.error)(summary.debug["verdict"])
     return summary

@@ -48,7 +48,7 @@ class Status(str, Enum):
 
 
 STATUSES = tuple(status.value for status in Status)
-_OPTIONAL = ("error", "trial", "seeds", "objective_std", "best_std", "per_seed")
+_OPTIONAL = ("error", "trial", "debug", "seeds", "objective_std", "best_std", "per_seed")
 
 
 @dataclass
@@ -70,6 +70,7 @@ class Summary:
     test: dict[str, float] = field(default_factory=dict)  # test metrics of the best checkpoint
     wall_time_s: float | None = None
     trial: dict[str, Any] | None = None  # the Optuna trial this run was: study, number, params, state
+    debug: dict[str, Any] | None = None  # debug=fast_dev_run|overfit: {"passed": bool, "verdict": line}
     # multi-seed runs
     seeds: list[int] | None = None
     objective_std: float | None = None

@@ -13,7 +13,6 @@ directory. Exit status: 0 passed, 1 a check failed, 2 the configuration is inval
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Iterator
 import torch
 from omegaconf import DictConfig
 
+from app.data import LimitedBatches
 from app.errors import ConfigError
 from app.run.build import Run, build_run
 from app.run.device import describe
@@ -164,20 +164,6 @@ def peak_memory(device: torch.device) -> str:
     return f"{rss / (2**20 if sys.platform == 'darwin' else 2**10):.0f} MiB process RSS (CPU)"
 
 
-class FirstBatches:
-    """The first `n` batches of `batches`, as a batch iterable the Trainer accepts."""
-
-    def __init__(self, batches, n: int) -> None:
-        self.batches, self.n = batches, min(n, len(batches))
-        self.num_samples = sum(y.shape[0] for _, y in itertools.islice(iter(batches), self.n))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        return itertools.islice(iter(self.batches), self.n)
-
-
 def run(cfg: DictConfig) -> Report:
     """All checks on `cfg`, in order, stopping at the first failure. The run is built exactly as
     `python -m app` builds it (app/run/build.py), and the steps are the real Trainer's, with every
@@ -228,7 +214,7 @@ def run(cfg: DictConfig) -> Report:
             moved = sum(not torch.equal(b, p.detach()) for b, (_, p) in zip(before, named))
             row.detail = f"{moved} of {len(named)} parameter tensors changed"
         with report.check("train steps") as row, acceleration.matmul_precision(trainer.matmul_precision):
-            first = FirstBatches(run.train, max(2, cfg.trainer.accumulate_grad_batches))
+            first = LimitedBatches(run.train, max(2, cfg.trainer.accumulate_grad_batches))
             loss_sum, steps = trainer.train_epoch(first)  # the loop's own path: graphs, accumulation
             mean = float(loss_sum) / first.num_samples
             if not math.isfinite(mean):
@@ -254,7 +240,7 @@ def run(cfg: DictConfig) -> Report:
                 problem = shape_problem(data.task, trainer.forward(xv), yv, data.out_features)
             if problem:
                 raise CheckFailed(problem)
-            values = trainer.evaluate(FirstBatches(run.val, 1), prefix="val")  # the Trainer's own evaluation
+            values = trainer.evaluate(LimitedBatches(run.val, 1), prefix="val")  # the Trainer's own evaluation
             bad = [k for k, v in values.items() if not math.isfinite(v)]
             if bad:
                 raise CheckFailed(f"non-finite {', '.join(bad)} on the first validation batch")
