@@ -129,6 +129,16 @@ def finish(ratio: float, target: float, better: str = "lower") -> None:
 
 
 # ----------------------------------------------------------------------------- workloads
+def conf_options(group: str, name: str, **overrides):
+    """The options conf/<group>/<name>.yaml gives a builder (its one copy of the defaults)."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / group / f"{name}.yaml"))
+    for key in ("_target_", "_partial_", "defaults"):
+        node.pop(key, None)
+    return {**node, **overrides}
+
+
 @dataclass
 class Workload:
     """What one benchmark row trains: the default task (regression_1d, 10000 samples, 80/20
@@ -144,13 +154,13 @@ class Workload:
     def data(self):
         from app.data import regression_1d
 
-        return regression_1d(n_samples=self.n_samples)
+        return regression_1d(**conf_options("data", "regression", n_samples=self.n_samples))
 
     def model(self, seed: int = 0) -> torch.nn.Module:
         from app.models import MLP
 
         torch.manual_seed(seed)
-        return MLP(1, 1, nodes=self.nodes, layers=self.layers, activation="gelu")
+        return MLP(1, 1, **conf_options("model", "mlp", nodes=self.nodes, layers=self.layers))
 
     def optimizer(self, model: torch.nn.Module, **kwargs) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, **kwargs)

@@ -32,7 +32,7 @@ def step_flops(width: int, layers: int, batch: int) -> int:
     """Matmul FLOPs of one training step (forward + backward), counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = MLP(width, width, nodes=width, layers=layers).to("meta")
+    model = MLP(width, width, nodes=width, layers=layers, activation="gelu", dropout=0.0).to("meta")
     x = torch.empty(batch, width, device="meta")
     with FlopCounterMode(display=False) as counter:
         torch.nn.functional.mse_loss(model(x), torch.empty(batch, width, device="meta")).backward()
@@ -60,7 +60,7 @@ def matmul_peak(device, n: int = 8192, reps: int = 10):
 
 def variant(width, layers, batch, steps_per_epoch, epochs, device, **options):
     torch.manual_seed(0)
-    model = MLP(width, width, nodes=width, layers=layers).to(device)
+    model = MLP(width, width, nodes=width, layers=layers, activation="gelu", dropout=0.0).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     g = torch.Generator(device=device).manual_seed(0)
     n = batch * steps_per_epoch
@@ -80,7 +80,7 @@ def variant(width, layers, batch, steps_per_epoch, epochs, device, **options):
 def hand_written(width, layers, batch, steps_per_epoch, epochs, device):
     """The bf16 + compile step written by hand (a reference for the Trainer's rows)."""
     torch.manual_seed(0)
-    model = MLP(width, width, nodes=width, layers=layers).to(device)
+    model = MLP(width, width, nodes=width, layers=layers, activation="gelu", dropout=0.0).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     compiled = torch.compile(model, backend=COMPILE_BACKEND())
     g = torch.Generator(device=device).manual_seed(0)
@@ -168,7 +168,7 @@ def main() -> None:
         rows.append(["bf16 matmul 8192^3 (peak)", "-", f"{peak / 1e12:.1f}", "100%", "-", "-", "-"])
     table(["configuration", "ms/step", "TFLOP/s", "of bf16 peak", "speed-up vs fp32", "IQR",
            "train loss (last epoch)"], rows)
-    params = sum(p.numel() for p in MLP(width, width, nodes=width, layers=layers).parameters())
+    params = sum(p.numel() for p in MLP(width, width, nodes=width, layers=layers, activation="gelu", dropout=0.0).parameters())
     print(f"{flops / 1e9:.1f} GFLOP per step (matmuls, forward + backward); {steps} steps per sample; "
           f"{repeats} alternating samples per row")
     print(f"(6 x parameters x batch, the usual MFU count, is {6 * params * batch / 1e9:.1f} GFLOP: it "

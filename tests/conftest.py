@@ -33,7 +33,8 @@ def options_of(group: str, name: str, **overrides):
     from omegaconf import OmegaConf
 
     node = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"))
-    node.pop("_target_")
+    for key in ("_target_", "_partial_", "defaults"):
+        node.pop(key, None)
     return {**node, **overrides}
 
 

@@ -41,8 +41,8 @@ def make_run(run_dir, epochs=5, extra=(), every=1, keep_last_k=0):
     """A small run with every source of state: dropout (global RNG), shuffled batches (their own
     generator), AdamW moments, a cosine schedule, early stopping's patience."""
     seed_everything(0)
-    data = regression_1d(n_samples=320, seed=0)
-    model = MLP(1, 1, nodes=16, layers=2, dropout=0.3)
+    data = regression_1d(**options_of("data", "regression", n_samples=320, seed=0))
+    model = MLP(1, 1, **options_of("model", "mlp", nodes=16, layers=2, dropout=0.3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     train = TensorBatches(data.train, 32, device="cpu", shuffle=True, seed=0)

@@ -21,6 +21,7 @@ from app.data import (
     split_indices,
 )
 from app.errors import ConfigError
+from tests.conftest import options_of
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -53,7 +54,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
 
 # ----------------------------------------------------------------------------- regression_1d
 def test_regression_1d_shapes_and_split_sizes() -> None:
-    data = regression_1d()
+    data = regression_1d(**options_of("data", "regression"))
     assert data.task == "regression" and data.in_features == 1 and data.out_features == 1
     assert data.train.x.shape == (8000, 1) and data.train.y.shape == (8000, 1)
     assert data.val.x.shape == (2000, 1) and data.val.y.shape == (2000, 1)
@@ -65,26 +66,26 @@ def test_regression_1d_shapes_and_split_sizes() -> None:
 
 
 def test_regression_1d_splits_are_disjoint_and_cover_everything() -> None:
-    x, y = all_rows(regression_1d())
+    x, y = all_rows(regression_1d(**options_of("data", "regression")))
     # y carries continuous noise, so identical (x, y) rows would mean a sample in two splits.
     assert torch.unique(torch.cat([x, y], dim=1), dim=0).shape[0] == 10000
 
 
 def test_regression_1d_follows_the_formula() -> None:
-    x, y = all_rows(regression_1d(noise_std=0.05, jitter=0.02))
+    x, y = all_rows(regression_1d(**options_of("data", "regression", noise_std=0.05, jitter=0.02)))
     assert x.min() >= 0 and x.max() <= 1
     residual = (y - expected_curve(x)).squeeze(1)
     assert abs(residual.std().item() - 0.05) < 0.005
     assert abs(residual.mean().item()) < 0.005
 
-    x0, y0 = all_rows(regression_1d(noise_std=0.0, jitter=0.0))
+    x0, y0 = all_rows(regression_1d(**options_of("data", "regression", noise_std=0.0, jitter=0.0)))
     assert torch.allclose(torch.sort(x0.squeeze(1)).values, torch.linspace(0, 1, 10000))
     assert torch.allclose(y0, expected_curve(x0), atol=1e-5)
 
 
 def test_regression_1d_jitter_shifts_x_up_by_at_most_jitter() -> None:
-    x0, _ = all_rows(regression_1d(noise_std=0.0, jitter=0.0, seed=3))
-    x1, _ = all_rows(regression_1d(noise_std=0.0, jitter=0.1, seed=3))
+    x0, _ = all_rows(regression_1d(**options_of("data", "regression", noise_std=0.0, jitter=0.0, seed=3)))
+    x1, _ = all_rows(regression_1d(**options_of("data", "regression", noise_std=0.0, jitter=0.1, seed=3)))
     shift = x1 - x0  # same seed -> same split, so rows correspond
     assert shift.min() >= 0 and shift.max() <= 0.1 + 1e-6
     assert abs(shift.mean().item() - 0.05) < 0.01  # U(0, 0.1), clamping at 1 barely matters
@@ -93,11 +94,11 @@ def test_regression_1d_jitter_shifts_x_up_by_at_most_jitter() -> None:
 def test_regression_1d_is_reproducible_and_ignores_global_rng() -> None:
     torch.manual_seed(1)
     rng_before = torch.get_rng_state()
-    a = regression_1d(seed=7)
+    a = regression_1d(**options_of("data", "regression", seed=7))
     assert torch.equal(torch.get_rng_state(), rng_before)  # the global RNG is not consumed
     torch.manual_seed(12345)
-    b = regression_1d(seed=7)
-    c = regression_1d(seed=8)
+    b = regression_1d(**options_of("data", "regression", seed=7))
+    c = regression_1d(**options_of("data", "regression", seed=8))
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.val.y, b.val.y)
     assert not torch.equal(a.train.y, c.train.y)
 
@@ -137,7 +138,7 @@ def test_split_indices_rejects_bad_fractions(n: int, val: float, test: float, ke
 
 # ----------------------------------------------------------------------------- spirals / blobs
 def test_spirals_shapes_dtypes_and_balance() -> None:
-    data = spirals()
+    data = spirals(**options_of("data", "spirals"))
     assert data.task == "classification" and data.in_features == 2 and data.out_features == 3
     assert (len(data.train), len(data.val), len(data.test)) == (2100, 450, 450)
     x, y = all_rows(data)
@@ -146,13 +147,13 @@ def test_spirals_shapes_dtypes_and_balance() -> None:
     assert torch.bincount(y).tolist() == [1000, 1000, 1000]
     assert torch.all((x.std(0) > 0.8) & (x.std(0) < 1.25)) and x.mean(0).abs().max() < 0.15
 
-    _, y_odd = all_rows(spirals(n_samples=100, n_classes=3))
+    _, y_odd = all_rows(spirals(**options_of("data", "spirals", n_samples=100, n_classes=3)))
     counts = torch.bincount(y_odd)
     assert counts.sum() == 100 and counts.max() - counts.min() <= 1
 
 
 def test_spirals_are_nonlinear_but_learnable() -> None:
-    data = spirals()
+    data = spirals(**options_of("data", "spirals"))
     # 1-nearest-neighbour does well only if nearby points share a class (structure to learn) ...
     nearest = torch.cdist(data.val.x, data.train.x).argmin(dim=1)
     assert (data.train.y[nearest] == data.val.y).float().mean() > 0.9
@@ -166,14 +167,14 @@ def test_spirals_are_nonlinear_but_learnable() -> None:
 
 def test_spirals_reproducible_and_seed_dependent() -> None:
     torch.manual_seed(0)
-    a = spirals(seed=4)
+    a = spirals(**options_of("data", "spirals", seed=4))
     torch.manual_seed(1)
-    assert torch.equal(a.train.x, spirals(seed=4).train.x)
-    assert not torch.equal(a.train.x, spirals(seed=5).train.x)
+    assert torch.equal(a.train.x, spirals(**options_of("data", "spirals", seed=4)).train.x)
+    assert not torch.equal(a.train.x, spirals(**options_of("data", "spirals", seed=5)).train.x)
 
 
 def test_blobs_shapes_balance_and_spread() -> None:
-    data = blobs(n_samples=2000, n_classes=4, n_features=5, cluster_std=0.5)
+    data = blobs(**options_of("data", "blobs", n_samples=2000, n_classes=4, n_features=5, cluster_std=0.5))
     assert data.in_features == 5 and data.out_features == 4
     x, y = all_rows(data)
     assert x.dtype == torch.float32 and x.shape == (2000, 5) and y.dtype == torch.int64
@@ -204,8 +205,9 @@ def test_blobs_shapes_balance_and_spread() -> None:
     ],
 )
 def test_generators_validate_arguments(factory, kwargs: dict, key: str) -> None:
+    name = {regression_1d: "regression", spirals: "spirals", blobs: "blobs"}[factory]
     with pytest.raises(ConfigError) as excinfo:
-        factory(**kwargs)
+        factory(**options_of("data", name, **kwargs))
     message = assert_data_error(excinfo, key)
     assert repr(next(iter(kwargs.values()))) in message
 
@@ -505,7 +507,7 @@ def test_iteration_never_syncs(monkeypatch, shuffle: bool, on_device: bool) -> N
 
 
 def test_classification_labels_batch_with_matching_rows() -> None:
-    data = spirals(n_samples=60)
+    data = spirals(**options_of("data", "spirals", n_samples=60))
     batches = TensorBatches(data.train, 16, device=CPU, shuffle=True)
     xs, ys = zip(*batches)
     x, y = torch.cat(xs), torch.cat(ys)

@@ -56,12 +56,12 @@ def regression_1d_target(x: Tensor) -> Tensor:
 
 
 def regression_1d(
-    n_samples: int = 10000,
-    noise_std: float = 0.05,
-    jitter: float = 0.02,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
-    seed: int = 0,
+    n_samples: int,
+    noise_std: float,
+    jitter: float,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
 ) -> DataSplits:
     """The template's synthetic 1-D regression problem.
 
@@ -85,13 +85,13 @@ def regression_1d(
 
 # ----------------------------------------------------------------------------- classification
 def spirals(
-    n_samples: int = 3000,
-    n_classes: int = 3,
-    noise: float = 0.2,
-    turns: float = 1.5,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
+    n_samples: int,
+    n_classes: int,
+    noise: float,
+    turns: float,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
 ) -> DataSplits:
     """Interleaved 2-D spirals, one arm per class (classification).
 
@@ -128,13 +128,13 @@ def spirals(
 
 
 def blobs(
-    n_samples: int = 3000,
-    n_classes: int = 4,
-    n_features: int = 2,
-    cluster_std: float = 1.0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
+    n_samples: int,
+    n_classes: int,
+    n_features: int,
+    cluster_std: float,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
 ) -> DataSplits:
     """Isotropic Gaussian blobs, one per class (classification).
 

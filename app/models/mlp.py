@@ -33,10 +33,10 @@ class MLP(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        nodes: int = 64,
-        layers: int = 4,
-        activation: str = "gelu",
-        dropout: float = 0.0,
+        nodes: int,
+        layers: int,
+        activation: str,
+        dropout: float,
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
@@ -80,11 +80,11 @@ class ResidualMLP(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        nodes: int = 64,
-        blocks: int = 3,
-        expansion: int = 2,
-        activation: str = "gelu",
-        dropout: float = 0.0,
+        nodes: int,
+        blocks: int,
+        expansion: int,
+        activation: str,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.stem = nn.Linear(in_features, nodes)
