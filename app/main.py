@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from app import CONF_DIR, targets
-from app.config import register_configs
+from app.config import register_configs, resolve_mode
 from app.errors import ConfigError
 from app.run.execute import execute
 from app.run.record import Status, Summary
@@ -33,6 +33,7 @@ def main(cfg: DictConfig) -> float:
     if cfg.preflight:  # only when app.run.launch left it to Hydra (e.g. with --config-name)
         sys.exit(preflight.run_and_report(cfg))
     try:
+        resolve_mode(cfg)  # trainer.mode: auto -> min | max, before anything reads it
         trial = current_trial(cfg.trusted_modules)
         summary = train_seeds(cfg, run_dir, execute, trial) if cfg.seeds else execute(cfg, run_dir, trial)
         return summary.objective
