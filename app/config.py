@@ -174,9 +174,11 @@ class BlobsDataConf(SplitConf):
 @dataclass
 class FileDataConf(SplitConf):
     path: str = MISSING  # .csv (header row) or .npz; relative to where you launched the app
-    features: List[str] = MISSING
     target: Any = MISSING  # a column name, or a list of names (multi-output regression)
-    task: str = MISSING  # regression | classification
+    features: Any = MISSING  # names or fnmatch patterns (a list or one string); None: all but target, exclude
+    exclude: List[str] = MISSING  # names or patterns left out when features is None (or matched by a pattern)
+    task: str = MISSING  # auto | regression | classification (auto: inferred from the target)
+    scaling: str = MISSING  # standard | minmax | none: fitted on the train split only
 
 
 @dataclass
