@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from app.errors import ConfigError  # noqa: F401 - the app's one user-error type, raised by validate
 
@@ -37,7 +37,7 @@ class TrainerConf:
     eval_batch_size: Optional[int] = MISSING  # None: 4 x batch_size (no gradients, so it fits)
     val_every: int = MISSING  # validate every N epochs, and always after the last one
     monitor: str = MISSING  # the metric early stopping, best.pt and sweeps follow
-    mode: str = MISSING  # min | max: which direction of `monitor` is better
+    mode: str = MISSING  # auto | min | max: which direction of `monitor` is better (auto: the metric's own)
     log_every: int = MISSING  # log a metrics line every N epochs (0: never)
     progress_bar: bool = MISSING  # one-line epoch progress on an interactive terminal
     checkpoint_every: int = MISSING  # write checkpoints/last.pt every N epochs (and at the end)
@@ -174,9 +174,11 @@ class BlobsDataConf(SplitConf):
 @dataclass
 class FileDataConf(SplitConf):
     path: str = MISSING  # .csv (header row) or .npz; relative to where you launched the app
-    features: List[str] = MISSING
     target: Any = MISSING  # a column name, or a list of names (multi-output regression)
-    task: str = MISSING  # regression | classification
+    features: Any = MISSING  # names or fnmatch patterns (a list or one string); None: all but target, exclude
+    exclude: List[str] = MISSING  # names or patterns left out when features is None (or matched by a pattern)
+    task: str = MISSING  # auto | regression | classification (auto: inferred from the target)
+    scaling: str = MISSING  # standard | minmax | none: fitted on the train split only
 
 
 @dataclass
@@ -264,12 +266,56 @@ SCHEMAS: dict[str, dict[str, type]] = {
 #   entries are plain `_target_` nodes: their constructor's signature is their schema.
 
 
-def sweep_direction(mode: str) -> str:
-    """Optuna's study direction for a monitor mode: min -> minimize, max -> maximize."""
-    directions = {"min": "minimize", "max": "maximize"}
-    if mode not in directions:
-        raise ConfigError("trainer.mode", mode, "min or max")
-    return directions[mode]
+def monitor_mode(monitor: str, mode: str) -> str:
+    """`mode` with `auto` replaced by the direction `monitor` is better in (min for losses and
+    errors, max for accuracy-like metrics: app.train.tasks declares each metric's direction)."""
+    from app.train.tasks import metric_direction
+
+    if mode not in MODES + ("auto",):
+        raise ConfigError("trainer.mode", mode, "auto, min or max")
+    if mode != "auto":
+        return mode
+    natural = metric_direction(str(monitor))
+    if natural is None:
+        raise ConfigError("trainer.mode", mode, "min or max, naming the better direction of "
+                          f"trainer.monitor={monitor}",
+                          f"auto cannot tell whether a lower or a higher {monitor} is better")
+    return natural
+
+
+_warned: set[tuple[str, str]] = set()  # (monitor, mode) pairs already warned about in this process
+
+
+def resolve_mode(cfg: DictConfig) -> DictConfig:
+    """Replace `trainer.mode: auto` in `cfg` (in place) by min or max, before anything reads it
+    (early stopping's `${trainer.mode}`, checkpoints' best, the summary). An explicit mode
+    against the metric's natural direction is kept, with a one-line warning. Returns `cfg`."""
+    import logging
+
+    from app.train.tasks import metric_direction
+
+    monitor, mode = cfg.trainer.monitor, cfg.trainer.mode
+    resolved = monitor_mode(monitor, mode)
+    natural = metric_direction(str(monitor))
+    if mode != "auto" and natural is not None and natural != mode and (monitor, mode) not in _warned:
+        _warned.add((monitor, mode))
+        logging.getLogger("app").warning(
+            "trainer.mode=%s keeps the %s %s as best, though a %s %s is better (trainer.mode=auto follows the metric)",
+            mode, "lowest" if mode == "min" else "highest", monitor,
+            "lower" if natural == "min" else "higher", monitor)
+    if resolved != mode:
+        with open_dict(cfg):
+            cfg.trainer.mode = resolved
+    return cfg
+
+
+def sweep_direction(mode: str, monitor: str | None = None) -> str:
+    """Optuna's study direction for a monitor mode: min -> minimize, max -> maximize; auto
+    follows `monitor` (`${sweep_direction:${trainer.mode},${trainer.monitor}}` in the presets)."""
+    if mode == "auto" and monitor is None:
+        raise ConfigError("trainer.mode", mode, "min or max (or auto with the monitor: "
+                          "${sweep_direction:${trainer.mode},${trainer.monitor}})")
+    return {"min": "minimize", "max": "maximize"}[monitor_mode(monitor, mode)]
 
 
 def register_configs() -> None:
@@ -425,7 +471,7 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     _positive_int(cfg, "trainer.keep_last_k", allow_zero=True)
     if t.eval_batch_size is not None:
         _positive_int(cfg, "trainer.eval_batch_size")
-    _check(t.mode in MODES, "trainer.mode", t.mode, " or ".join(MODES))
+    _check(t.mode in MODES + ("auto",), "trainer.mode", t.mode, "auto, min or max")
     _check(str(t.precision) in PRECISIONS, "trainer.precision", t.precision, ", ".join(PRECISIONS))
     _check(t.matmul_precision in MATMUL_PRECISIONS, "trainer.matmul_precision", t.matmul_precision,
            ", ".join(MATMUL_PRECISIONS))
@@ -446,7 +492,7 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     for name, node in _entries(cfg, "callbacks"):
         key = f"callbacks.{name}"
         if built_as(key, EarlyStopping):
-            _check(node.get("mode") in MODES, f"{key}.mode", node.get("mode"), " or ".join(MODES))
+            _check(node.get("mode") in MODES + ("auto",), f"{key}.mode", node.get("mode"), "auto, min or max")
             _positive_int(cfg, f"{key}.patience")
             _check(_finite(node.get("min_delta")) and node.min_delta >= 0, f"{key}.min_delta",
                    node.get("min_delta"), "a finite number >= 0 (an absolute change in the monitored metric)")

@@ -5,6 +5,7 @@ It wires; it does not compute (app/run/ builds and executes a run). Returns the 
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -14,16 +15,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from app import CONF_DIR, targets
-from app.config import register_configs
+from app.config import register_configs, resolve_mode
 from app.errors import ConfigError
 from app.run.execute import execute
-from app.run.record import Status, Summary
+from app.run.record import Status, Summary, interrupted_line, result_line
 from app.run.reproducibility import determinism_refusal
 from app.run.seeds import train_seeds
 from app.search.trial import current_trial
 from app.tools import preflight
 
 register_configs()
+log = logging.getLogger("app")
 
 
 # The whitelist covers what Hydra itself builds (hydra.callbacks, logging); the app's own builds
@@ -34,11 +36,22 @@ def main(cfg: DictConfig) -> float:
     if cfg.preflight:  # only when app.run.launch left it to Hydra (e.g. with --config-name)
         sys.exit(preflight.run_and_report(cfg))
     try:
+        resolve_mode(cfg)  # trainer.mode: auto -> min | max, before anything reads it
         trial = current_trial(cfg.trusted_modules)
-        summary = train_seeds(cfg, run_dir, execute, trial) if cfg.seeds else execute(cfg, run_dir, trial)
+        if cfg.seeds:
+            summary = train_seeds(cfg, run_dir, execute, trial)
+            log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
+        else:
+            summary = execute(cfg, run_dir, trial)
         if summary.debug is not None and not summary.debug["passed"] and HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)  # a debug verdict: FAILED (in a sweep each job's verdict is logged, the sweep goes on)
         return summary.objective
+    except KeyboardInterrupt as stop:  # summary.json already says failed, interrupted
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records its trial as interrupted
+        print(interrupted_line(getattr(stop, "epoch", None), run_dir, HydraConfig.get().runtime.cwd),
+              file=sys.stderr)
+        sys.exit(130)
     except (ConfigError, RuntimeError) as caught:
         error = determinism_refusal(caught) or caught
         if not isinstance(error, ConfigError):

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from app.run import build
-from app.config import validate
+from app.config import resolve_mode, validate
 from app.errors import ConfigError
 from app.train.tasks import TASKS, task_of
 from tests.conftest import CONF, ROOT
@@ -49,8 +49,9 @@ def overrides_for(group: str, option: str, table) -> list[str]:
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in ["model", "optimizer", "scheduler", "data"] for o in options(g)])
 def test_each_option_composes_validates_and_instantiates(compose_cfg, table, group, option):
-    cfg = compose_cfg(*overrides_for(group, option, table))
-    validate(cfg, TASKS[task_of(cfg.data)].metric_names())
+    cfg = resolve_mode(compose_cfg(*overrides_for(group, option, table)))
+    task = task_of(cfg.data)
+    validate(cfg, TASKS[task].metric_names() if task in TASKS else None)
     data = build.build_data(cfg)
     model = build.build_model(cfg, data)
     optimizer = build.build_optimizer(cfg, model)
@@ -86,7 +87,8 @@ def test_experiments_compose_and_name_a_metric_their_task_produces(compose_cfg, 
 
 def test_classification_experiment_monitors_accuracy(compose_cfg):
     cfg = compose_cfg("experiment=spirals")
-    assert task_of(cfg.data) == "classification"
+    assert task_of(cfg.data) == "classification" and cfg.trainer.mode == "auto"
+    resolve_mode(cfg)  # what app.main does first: auto follows the monitor
     assert (cfg.trainer.monitor, cfg.trainer.mode, cfg.callbacks.early_stopping.mode) == ("val_accuracy", "max", "max")
 
 

@@ -16,8 +16,12 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor: str, mode: str, patience: int, min_delta: float) -> None:
+        if mode == "auto":  # follows the monitor, as trainer.mode=auto does
+            from app.config import monitor_mode
+
+            mode = monitor_mode(monitor, mode)
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         if patience < 1:
             raise ValueError(f"patience must be >= 1, got {patience}")
         if min_delta < 0:

@@ -13,6 +13,7 @@ from torch import Tensor
 from app.errors import ConfigError
 
 TASKS = ("regression", "classification")
+SCALINGS = ("standard", "minmax", "none")
 
 @dataclass
 class Split:
@@ -30,6 +31,40 @@ class Split:
 
 
 @dataclass
+class Scaling:
+    """Feature scaling fitted on the train split: x_scaled = (x - shift) / scale, per feature.
+
+    method: standard (shift = mean, scale = standard deviation) or minmax (shift = min, scale =
+    max - min); a constant feature gets scale 1. shift, scale: float32 [in_features].
+    features: the column each entry belongs to (a 2-D npz array contributes name[0], name[1], ...).
+    Plain tensors and lists, so a checkpoint can carry them (`weights_only=True` loads them).
+    """
+
+    method: str
+    shift: Tensor
+    scale: Tensor
+    features: list[str]
+
+    @classmethod
+    def fit(cls, method: str, x: Tensor, features: list[str]) -> "Scaling":
+        """Statistics of `x` (float32 [n, in_features], the TRAIN split only)."""
+        if method == "standard":
+            shift, scale = x.mean(dim=0), x.std(dim=0, unbiased=False)
+        else:
+            shift, scale = x.amin(dim=0), x.amax(dim=0) - x.amin(dim=0)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant feature stays put
+        return cls(method, shift, scale, list(features))
+
+    def apply(self, x: Tensor) -> Tensor:
+        return ((x - self.shift) / self.scale).contiguous()
+
+    def to_dict(self) -> dict[str, Any]:
+        """{method, features, shift, scale} as plain lists (for a run's records)."""
+        return {"method": self.method, "features": list(self.features),
+                "shift": self.shift.tolist(), "scale": self.scale.tolist()}
+
+
+@dataclass
 class DataSplits:
     """Train/val(/test) splits plus what the model needs to know about their shapes.
 
@@ -43,6 +78,7 @@ class DataSplits:
     test: Split | None
     in_features: int
     out_features: int
+    scaling: Scaling | None = None  # fitted on train, already applied to every split's x
 
     def describe(self) -> str:
         """One line, e.g. 'regression: 8000 train / 2000 val / 0 test, 1 -> 1'."""
@@ -51,7 +87,8 @@ class DataSplits:
         if self.task == "classification":
             arrow += " classes"
         sizes = f"{len(self.train)} train / {len(self.val)} val / {n_test} test"
-        return f"{self.task}: {sizes}, {arrow}"
+        scaled = f", {self.scaling.method}-scaled features (fitted on train)" if self.scaling else ""
+        return f"{self.task}: {sizes}, {arrow}{scaled}"
 
 
 def is_int(value: Any) -> bool:
@@ -137,12 +174,22 @@ def split_indices(
 def make_splits(
     task: str, x: Tensor, y: Tensor, out_features: int,
     val_fraction: float, test_fraction: float, seed: int,
+    scaling: str = "none", feature_names: list[str] | None = None,
 ) -> DataSplits:
-    """Partition full-data tensors (x [n, in], y [n, ...]) into a DataSplits via split_indices."""
+    """Partition full-data tensors (x [n, in], y [n, ...]) into a DataSplits via split_indices.
+    `scaling` (standard | minmax | none): fitted on the train split's x only, then applied to
+    every split (see `Scaling`); `feature_names` label its entries (default x0, x1, ...)."""
+    if scaling not in SCALINGS:
+        raise ConfigError("data.scaling", scaling, " | ".join(SCALINGS), "Unknown feature scaling")
     train_idx, val_idx, test_idx = split_indices(int(x.shape[0]), val_fraction, test_fraction, seed)
+    fitted = None
+    if scaling != "none":
+        names = feature_names or [f"x{i}" for i in range(int(x.shape[1]))]
+        fitted = Scaling.fit(scaling, x.index_select(0, train_idx), names)
 
     def take(idx: Tensor) -> Split:
-        return Split(x.index_select(0, idx).contiguous(), y.index_select(0, idx).contiguous())
+        part = x.index_select(0, idx)
+        return Split(fitted.apply(part) if fitted else part.contiguous(), y.index_select(0, idx).contiguous())
 
     return DataSplits(
         task=task,
@@ -151,4 +198,5 @@ def make_splits(
         test=take(test_idx) if test_fraction > 0 else None,
         in_features=int(x.shape[1]),
         out_features=int(out_features),
+        scaling=fitted,
     )

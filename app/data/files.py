@@ -6,6 +6,8 @@ accepted, so the app can print one paragraph instead of a traceback.
 from __future__ import annotations
 
 import csv
+import fnmatch
+import logging
 import os
 import zipfile
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from app.data.base import (
+    SCALINGS,
     TASKS,
     DataSplits,
     is_int,
@@ -27,7 +30,9 @@ from app.data.base import (
 )
 from app.errors import ConfigError
 
+log = logging.getLogger(__name__)
 SUFFIXES = (".csv", ".npz")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_LISTED_COLUMNS = 30  # enough to spot a typo without flooding the message
 
 
@@ -61,41 +66,67 @@ class _Table:
 
 def load_table(
     path: str,
-    features: list[str],
-    target: str | list[str],
+    features: str | list[str] | None = None,
+    target: str | list[str] | None = None,
+    exclude: list[str] | None = None,
     task: str = "regression",
+    scaling: str = "none",
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     seed: int = 0,
 ) -> DataSplits:
     """Load named columns of a .csv/.npz file and split them with `split_indices`.
 
-    x: float32 [n, in_features] from `features` (a 2-D npz array counts as its k columns).
+    features: column names or fnmatch patterns (`pixel_*`); None: every column but the target
+    and `exclude` (names or patterns too). x: float32 [n, in_features] (a 2-D npz array counts
+    as its k columns), scaled per `scaling` (standard | minmax | none) with statistics of the
+    train split only (kept on `DataSplits.scaling`).
+    task: regression | classification | auto (inferred from the target, see `infer_task`).
     y (regression): float32 [n, out_features] from `target` (one name or a list of names).
     y (classification): int64 [n], the single `target` column's values (integers or strings)
     mapped to 0..K-1 in sorted order; out_features = K.
     Relative paths resolve against the directory the app was launched from, not Hydra's run dir.
+    Values must be finite and within float32's range. The defaults a run uses are those of
+    conf/data/file.yaml (task auto, standard scaling, a test split); these are a plain call's.
     """
-    if task not in TASKS:
-        raise ConfigError("data.task", task, " | ".join(TASKS), "Unknown task")
+    if task not in (*TASKS, "auto"):
+        raise ConfigError("data.task", task, " | ".join((*TASKS, "auto")), "Unknown task")
+    if scaling not in SCALINGS:
+        raise ConfigError("data.scaling", scaling, " | ".join(SCALINGS), "Unknown feature scaling")
     validate_fractions(val_fraction, test_fraction)
     if not is_int(seed):
         raise ConfigError("data.seed", seed, "an integer", "The data seed must be an integer")
-    feature_names = _column_names("data.features", features)
+    if target is None:
+        raise ConfigError("data.target", target, "the name of the column to predict, e.g. data.target=label")
     target_names = _column_names("data.target", target)
+    exclude_names = _column_names("data.exclude", exclude, allow_empty=True) if exclude is not None else []
+    feature_items = _column_names("data.features", features) if features is not None else None
+
+    table = _read(path)
+    _check_columns(table, "data.target", target, target_names)
+    excluded = _match(table, "data.exclude", exclude, exclude_names)
+    if feature_items is None:
+        feature_names = [c for c in table.columns if c not in target_names and c not in excluded]
+        if not feature_names:
+            raise ConfigError("data.features", None, f"column names in the file: {table.available()}",
+                              f"{table.path} has no column left besides the target and data.exclude")
+    else:
+        explicit = [name for name in feature_items if not _is_pattern(name)]
+        overlap = [name for name in target_names if name in explicit]
+        if overlap:
+            raise ConfigError("data.target", target, "target columns that are not features",
+                              f"Column(s) {', '.join(overlap)} are also listed in data.features, which "
+                              "would hand the model its own answer")
+        feature_names = [c for c in _match(table, "data.features", features, feature_items)
+                         if c not in target_names and c not in excluded]  # a pattern may match the target
+        if not feature_names:
+            raise ConfigError("data.features", features, f"column names in the file: {table.available()}",
+                              "Nothing is left after removing the target and data.exclude")
+    if task == "auto":
+        task = infer_task(table, target_names)
     if task == "classification" and len(target_names) != 1:
         raise ConfigError("data.target", target, "a single column name holding integer or string class labels",
                         "Classification needs exactly one target column")
-    overlap = [name for name in target_names if name in feature_names]
-    if overlap:
-        raise ConfigError("data.target", target,
-                        "target columns that are not features",
-                        f"Column(s) {', '.join(overlap)} are also listed in data.features, which "
-                        "would hand the model its own answer")
-
-    table = _read(path)
-    _check_columns(table, "data.features", features, feature_names)
-    _check_columns(table, "data.target", target, target_names)
     n = _common_length(table, feature_names + target_names)
     if not sizes_ok(n, val_fraction, test_fraction):
         need = min_samples(val_fraction, test_fraction)
@@ -111,18 +142,57 @@ def load_table(
     else:
         y, out_features = _class_labels(table, target_names[0])
     return make_splits(
-        task, torch.from_numpy(x).float(), y, out_features, val_fraction, test_fraction, seed
+        task, torch.from_numpy(x).float(), y, out_features, val_fraction, test_fraction, seed,
+        scaling=scaling, feature_names=_expanded(table, feature_names),
     )
 
 
+# At most this many distinct integer values, and on average at least this many rows per value,
+# make an integer target classes rather than a quantity.
+MAX_INFERRED_CLASSES = 20
+MIN_ROWS_PER_CLASS = 5
+
+
+def infer_task(table: _Table, target_names: list[str]) -> str:
+    """The task for `data.task=auto`, logged in one line with how to override it:
+    classification for one target column of strings, or of integers with at most
+    MAX_INFERRED_CLASSES distinct values and >= MIN_ROWS_PER_CLASS rows per value on average;
+    regression otherwise (several target columns, fractional numbers, many distinct integers)."""
+    name = target_names[0]
+    array = table.columns[name]
+    if len(target_names) > 1 or array.ndim != 1:
+        task, why = "regression", f"{len(target_names)} target columns"
+    else:
+        values = np.char.strip(array.astype(str)) if array.dtype.kind in "US" else array
+        try:
+            numbers = values.astype(np.float64)
+        except ValueError:
+            numbers = None
+        if numbers is None:
+            task, why = "classification", f"{name!r} holds text labels"
+        else:
+            finite = numbers[np.isfinite(numbers)]
+            distinct = len(np.unique(finite))
+            integers = finite.size == numbers.size and bool(np.all(finite == np.round(finite)))
+            if integers and distinct <= MAX_INFERRED_CLASSES and distinct * MIN_ROWS_PER_CLASS <= len(numbers):
+                task, why = "classification", f"{name!r} holds {distinct} distinct integers in {len(numbers)} rows"
+            elif integers:
+                task, why = "regression", f"{name!r} holds {distinct} distinct integers in {len(numbers)} rows"
+            else:
+                task, why = "regression", f"{name!r} holds fractional numbers"
+    other = "regression" if task == "classification" else "classification"
+    log.info("data.task=auto: %s (%s); set data.task=%s to override", task, why, other)
+    return task
+
+
 # ----------------------------------------------------------------------------- arguments
-def _column_names(key: str, value: Any) -> list[str]:
-    """Normalize one name or a sequence of names to a non-empty list of unique strings."""
+def _column_names(key: str, value: Any, allow_empty: bool = False) -> list[str]:
+    """Normalize one name or a sequence of names to a (non-empty) list of unique strings."""
     accepted = "a column name or a non-empty list of column names"
     items = [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
     if not isinstance(items, Sequence) or isinstance(items, str | bytes):
         raise ConfigError(key, value, accepted, "Expected column names")
-    if len(items) == 0:
+    if len(items) == 0 and not allow_empty:
         raise ConfigError(key, value, accepted, "The list of columns is empty")
     names = []
     for item in items:
@@ -244,6 +314,35 @@ def _check_columns(table: _Table, key: str, value: Any, names: list[str]) -> Non
                         f"Column(s) {', '.join(map(repr, missing))} not found in {table.path}")
 
 
+def _is_pattern(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
+
+
+def _match(table: _Table, key: str, value: Any, items: list[str]) -> list[str]:
+    """The file's columns that `items` (names, or fnmatch patterns such as `pixel_*`) name, in
+    the order of `items` (a pattern's matches in file order), each once. An unknown name or a
+    pattern that matches nothing is refused, listing the file's columns."""
+    found: list[str] = []
+    for item in items:
+        matches = fnmatch.filter(list(table.columns), item) if _is_pattern(item) else (
+            [item] if item in table.columns else [])
+        if not matches:
+            what = f"Pattern {item!r} matches no column" if _is_pattern(item) else f"Column {item!r} not found"
+            raise ConfigError(key, value, f"column names in the file: {table.available()} (or fnmatch "
+                              "patterns of them: *, ?, [abc])", f"{what} in {table.path}")
+        found += [m for m in matches if m not in found]
+    return found
+
+
+def _expanded(table: _Table, names: list[str]) -> list[str]:
+    """One label per feature column: a 2-D npz array `a` of k columns gives a[0] .. a[k-1]."""
+    labels = []
+    for name in names:
+        array = table.columns[name]
+        labels += [name] if array.ndim == 1 else [f"{name}[{j}]" for j in range(array.shape[1])]
+    return labels
+
+
 def _common_length(table: _Table, names: list[str]) -> int:
     """Number of rows shared by the used columns (npz arrays must agree; 1-D or 2-D only)."""
     lengths = {}
@@ -295,6 +394,14 @@ def _to_float(table: _Table, key: str, name: str, array: np.ndarray) -> np.ndarr
         raise ConfigError(key, name,
                         accepted, f"Column {name!r} has value {values.flat[flat]} at "
                         f"{table.where(flat // _width(values))} of {table.path}")
+    beyond = np.abs(values) > FLOAT32_MAX  # finite in float64, inf once the app casts to float32
+    if beyond.any():
+        flat = int(np.argmax(beyond.reshape(-1)))
+        raise ConfigError(key, name, f"numbers with |x| <= {FLOAT32_MAX:.7g} (float32's largest: the "
+                          "model computes in float32)",
+                          f"Column {name!r} has value {values.flat[flat]:g} at "
+                          f"{table.where(flat // _width(values))} of {table.path}, beyond float32's range "
+                          "(rescale the column, e.g. to other units or its logarithm)")
     return values
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from app import targets
 from app.callbacks import Callback, Checkpoint, CSVLogger
-from app.config import parameters, validate
+from app.config import parameters, resolve_mode, validate
 from app.data import DataSplits, LimitedBatches, TensorBatches
 from app.errors import ConfigError
 from app.run import debug, faults
@@ -216,6 +216,7 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
     Trainer with every trainer option. `stage(name)` wraps each step (preflight times and
     reports each one; a run passes nothing)."""
     with stage("config"):
+        resolve_mode(cfg)  # a no-op when app.main resolved it already
         task_name = task_of(cfg.data, cfg.trusted_modules)
         validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
     with stage("device"):

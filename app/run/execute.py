@@ -15,7 +15,7 @@ from app.run import debug, resume
 from app.run.build import build_run
 from app.run.device import describe
 from app.run.provenance import config_hash
-from app.run.record import Status, Summary, objective, provenance, write_json
+from app.run.record import Status, Summary, objective, provenance, result_line, write_json
 
 log = logging.getLogger("app")
 
@@ -74,6 +74,8 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
             summary.debug = verdict.to_dict()
     except BaseException as error:
         summary.epochs_run, summary.error = run.trainer.epoch, f"{type(error).__name__}: {error}"
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C: app.main prints how to continue
+            summary.interrupted, error.epoch = True, run.trainer.epoch
         raise
     finally:
         summary.objective = objective(summary.status, summary.best, t.mode)
@@ -86,8 +88,7 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         run.release()
     if resumption is not None:
         resume.refresh_sweep_summary(run_dir)
-    log.info("%s: best %s=%s at epoch %s, %d epochs, %.1fs -> %s", summary.status, t.monitor,
-             summary.best, summary.best_epoch, summary.epochs_run, summary.wall_time_s, run_dir)
+    log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
     if summary.debug is not None:
         (log.info if summary.debug["passed"] else log.error)(summary.debug["verdict"])
     return summary

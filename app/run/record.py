@@ -48,7 +48,7 @@ class Status(str, Enum):
 
 
 STATUSES = tuple(status.value for status in Status)
-_OPTIONAL = ("error", "trial", "debug", "seeds", "objective_std", "best_std", "per_seed")
+_OPTIONAL = ("error", "trial", "debug", "seeds", "objective_std", "best_std", "test_std", "per_seed")
 
 
 @dataclass
@@ -75,6 +75,7 @@ class Summary:
     seeds: list[int] | None = None
     objective_std: float | None = None
     best_std: float | None = None
+    test_std: dict[str, float] | None = None  # sample standard deviation of each test metric
     per_seed: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
@@ -109,6 +110,53 @@ class Summary:
             return None
         path = Path(run_dir) / SUMMARY_FILE
         return cls.from_dict(read_json(path)) if path.exists() else None
+
+
+def shown_path(path: str | Path, base: str | Path) -> str:
+    """`path` relative to `base` (the directory the app was launched from) when inside it, else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path(base).resolve())) or "."
+    except ValueError:
+        return str(resolved)
+
+
+def _sig(value: Any) -> str:
+    """4 significant digits, e.g. 0.01234, 0.9533, 1.235e+04."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
+def result_line(summary: Summary, run_dir: str | Path, launch_dir: str | Path) -> str:
+    """The run's last log line: status, best monitored value, test metrics, the run dir, e.g.
+    `completed: best val_loss 0.01234 at epoch 87 | test_loss 0.01301, test_mae 0.0912 |
+    100 epochs, 41.2s | outputs/runs/...`; multi-seed runs show mean +- std."""
+    def pm(mean: Any, std: Any) -> str:
+        return _sig(mean) + (f" +- {_sig(std)}" if std is not None else "")
+
+    seeds = summary.seeds is not None
+    head = f"{summary.status}" + (f" ({len(summary.seeds)} seeds)" if seeds else "")
+    if summary.best is not None:
+        best = f"best {summary.monitor} {pm(summary.best, summary.best_std if seeds else None)}"
+        if summary.best_epoch is not None:
+            best += f" at epoch {summary.best_epoch}"
+    else:
+        best = f"no {summary.monitor} value"
+    parts = [f"{head}: {best}"]
+    if not summary.status.ended_normally and summary.reason:
+        parts[0] += f" ({summary.reason})"
+    if summary.test:
+        stds = summary.test_std or {}
+        parts.append(", ".join(f"{k} {pm(v, stds.get(k) if seeds else None)}" for k, v in summary.test.items()))
+    if summary.epochs_run is not None and summary.wall_time_s is not None:
+        parts.append(f"{summary.epochs_run} epochs, {summary.wall_time_s:.1f}s")
+    parts.append(shown_path(run_dir, launch_dir))
+    return " | ".join(parts)
+
+
+def interrupted_line(epoch: int | None, run_dir: str | Path, launch_dir: str | Path) -> str:
+    """What a Ctrl-C prints: where the run stopped and the command that continues it."""
+    where = f"at epoch {epoch}" if epoch else "before the first epoch ended"
+    return f"interrupted {where}; continue with: python -m app resume={shown_path(run_dir, launch_dir)}"
 
 
 def worst_value(mode: str) -> float:

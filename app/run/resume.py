@@ -166,7 +166,9 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Resumption:
             f"this job's output directory is {run_dir}: resumes are started through `python -m app`, "
             "which continues the run in its own directory",
         )
-    saved = OmegaConf.load(resume_dir / ".hydra" / "config.yaml")
+    from app.config import resolve_mode
+
+    saved = resolve_mode(OmegaConf.load(resume_dir / ".hydra" / "config.yaml"))  # auto as cfg's is
     original = {str(o) for o in OmegaConf.load(resume_dir / ".hydra" / "overrides.yaml")}
     new_keys = [
         o.key_or_group for a in HydraConfig.get().overrides.task

@@ -56,6 +56,8 @@ def aggregate(per_seed: list[dict[str, Any]], seeds: list[int], monitor: str, mo
         epochs_run=sum(s.get("epochs_run") or 0 for s in per_seed),
         wall_time_s=round(sum(s.get("wall_time_s") or 0.0 for s in per_seed), 3),
         test={k: statistics.fmean(s["test"][k] for s in per_seed) for k in sorted(test_keys)},
+        test_std={k: statistics.stdev(s["test"][k] for s in per_seed) if len(per_seed) > 1 else 0.0
+                  for k in sorted(test_keys)} or None,
         per_seed=[
             {key: s.get(key) for key in ("seed", "status", "best", "best_epoch", "epochs_run", "objective", "run_dir")}
             for s in per_seed
@@ -97,6 +99,7 @@ def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., Summary],
         if error is not None:
             summary.status = Status.FAILED
             summary.error = f"seed {per_seed[-1]['seed']}: {type(error).__name__}: {error}"
+            summary.interrupted = isinstance(error, KeyboardInterrupt)
         if trial is not None:
             summary.trial = trial.describe(summary.status)
         summary.write(run_dir)

@@ -27,30 +27,62 @@ def _correct_sum(logits: Tensor, target: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
+class Metric:
+    """A metric function (see the module docstring) and which direction of it is better."""
+
+    fn: MetricFn
+    better: str  # "min" | "max"
+
+    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
+        return self.fn(pred, target)
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
-    loss: Callable[[Tensor, Tensor], Tensor]  # mean over the batch
-    metrics: dict[str, MetricFn] = field(default_factory=dict)
-    directions: dict[str, str] = field(default_factory=dict)  # metric -> "min" | "max"
+    loss: Callable[[Tensor, Tensor], Tensor]  # mean over the batch; lower is better
+    metrics: dict[str, Metric] = field(default_factory=dict)
 
     def metric_names(self) -> list[str]:
         """Every metric a run of this task logs (what `trainer.monitor` may name)."""
         return ["train_loss", "val_loss", *(f"val_{name}" for name in self.metrics)]
 
-    def direction(self, metric: str) -> str:
-        """Whether `metric` (train_/val_/test_ prefixed) is better when lower or higher."""
-        return self.directions.get(metric.split("_", 1)[1], "min")
+    def direction(self, metric: str) -> str | None:
+        """"min" or "max": which direction of `metric` (train_/val_/test_ prefixed) is better."""
+        base = _unprefixed(metric)
+        return "min" if base == "loss" else self.metrics[base].better if base in self.metrics else None
 
 
 TASKS: dict[str, Task] = {
-    "regression": Task("regression", F.mse_loss, {"mae": _abs_error_sum}, {"loss": "min", "mae": "min"}),
-    "classification": Task(
-        "classification",
-        F.cross_entropy,
-        {"accuracy": _correct_sum},
-        {"loss": "min", "accuracy": "max"},
-    ),
+    "regression": Task("regression", F.mse_loss, {"mae": Metric(_abs_error_sum, "min")}),
+    "classification": Task("classification", F.cross_entropy, {"accuracy": Metric(_correct_sum, "max")}),
 }
+
+# Metrics no task here declares (a custom task's, a logger's): their direction by name.
+_LOWER_IS_BETTER = ("loss", "mae", "mse", "rmse", "error", "perplexity")
+_HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "auroc", "r2", "precision", "recall", "iou", "dice")
+
+
+def _unprefixed(metric: str) -> str:
+    for prefix in ("train_", "val_", "test_"):
+        if metric.startswith(prefix):
+            return metric[len(prefix):]
+    return metric
+
+
+def metric_direction(metric: str) -> str | None:
+    """"min" or "max" for `metric` (e.g. val_accuracy -> max): what the task declaring it says,
+    else by its name's ending (loss, mae, mse, rmse, error: min; accuracy, f1, auc, r2...: max);
+    None when neither tells."""
+    for task in TASKS.values():
+        declared = task.direction(metric)
+        if declared is not None:
+            return declared
+    base = _unprefixed(metric).lower()
+    for better, endings in (("min", _LOWER_IS_BETTER), ("max", _HIGHER_IS_BETTER)):
+        if any(base == e or base.endswith("_" + e) for e in endings):
+            return better
+    return None
 
 
 def task_of(data_cfg, trusted_modules: Iterable[str] = ()) -> str | None:
