@@ -31,7 +31,7 @@ CASES = [
     (["trainer.monitor=val_accuracy"], ["`trainer.monitor`", "val_loss, val_mae"]),
     (["device=cuda"], ["`device.type`", "cpu"]),
     (["model.activation=swish"], ["`model.activation`", "gelu"]),
-    (["data=file"], ["`data.features`", "required"]),
+    (["data=file"], ["`data.path`", "required"]),  # features default to every other column
     (["data=file", "data.path=missing.csv", "data.features=[a]", "data.target=y"], ["`data.path`", "missing.csv"]),
     (["data=file", "data.path={table}", "data.features=[a,nope]", "data.target=y"], ["`data.features`", "nope"]),
     (["data=file", "data.path={table}", "data.features=[a]", "data.target=y", "data.task=ranking"], ["`data.task`", "classification"]),
