@@ -34,7 +34,11 @@ def main(cfg: DictConfig) -> float:
         sys.exit(preflight.run_and_report(cfg))
     try:
         trial = current_trial(cfg.trusted_modules)
-        summary = train_seeds(cfg, run_dir, execute, trial) if cfg.seeds else execute(cfg, run_dir, trial)
+        try:
+            summary = train_seeds(cfg, run_dir, execute, trial) if cfg.seeds else execute(cfg, run_dir, trial)
+        finally:
+            if trial is not None:
+                trial.close()  # stops the trial's heartbeat
         return summary.objective
     except (ConfigError, RuntimeError) as caught:
         error = determinism_refusal(caught) or caught
