@@ -1,0 +1,147 @@
+"""Several sweep processes (workers) on one study, heartbeats, and refused sweeper settings: the
+sweeper loop with the fake launcher of tests/test_search.py, workers as threads sharing one SQLite file."""
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from app.search.study import rdb_storage
+from app.search.sweeper import claim
+from app.search.trial import Heartbeat
+from tests.test_search import FakeLauncher, make_sweeper, stored_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+WAIT_S = 60  # upper bound for an event that must come (a failing test, not a hanging one)
+
+
+def test_two_workers_on_one_study_never_overshoot_and_wait_for_each_other(tmp_path):
+    a_launched, b_done_launching = threading.Event(), threading.Event()
+    order = []
+
+    def a_waits_for_b(_):
+        if not a_launched.is_set():
+            a_launched.set()
+            assert b_done_launching.wait(WAIT_S)
+
+    a = make_sweeper(tmp_path, n_trials=3, n_jobs=2)
+    a.launcher.on_launch = a_waits_for_b
+    b = make_sweeper(tmp_path, n_trials=3, n_jobs=2)
+    b.launcher.on_launch = lambda _: b_done_launching.set()
+    errors = []
+
+    def run(sweeper, name):
+        try:
+            sweeper.sweep([])
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+            b_done_launching.set()
+        order.append(name)
+
+    thread_a = threading.Thread(target=run, args=(a, "a"))
+    thread_a.start()
+    assert a_launched.wait(WAIT_S)  # a's 2 trials are RUNNING: b may ask only 1
+    thread_b = threading.Thread(target=run, args=(b, "b"))
+    thread_b.start()
+    thread_a.join(WAIT_S)
+    thread_b.join(WAIT_S)
+    assert not errors and not thread_a.is_alive() and not thread_b.is_alive()
+    trials = stored_study(tmp_path).trials
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert (len(a.launcher.launched), len(b.launcher.launched)) == (2, 1)
+    assert order == ["a", "b"]  # b, done with its trial, waited for a's to finish
+
+
+def _stale_trial(tmp_path, x=0.3):
+    """A RUNNING trial of a worker on another host whose last heartbeat is old."""
+    make_sweeper(tmp_path, n_trials=1).sweep([])
+    url = f"sqlite:///{tmp_path}/outputs/studies/unit.db"
+    study = optuna.load_study(study_name="unit", storage=rdb_storage(url, heartbeat_interval=1))
+    study.enqueue_trial({"x": x})
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    claim(study, trial, {"host": "elsewhere", "pid": 1, "started": 0})
+    study._storage.record_heartbeat(trial._trial_id)
+    return trial, url
+
+
+def test_a_running_trial_with_a_stale_heartbeat_is_failed_and_retried_with_the_same_params(tmp_path):
+    trial, url = _stale_trial(tmp_path)
+    with sqlite3.connect(url[len("sqlite:///"):]) as connection:
+        connection.execute("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00'")
+    make_sweeper(tmp_path, n_trials=3, heartbeat_interval=1, grace_period=5).sweep([])
+    trials = stored_study(tmp_path).trials
+    stale = trials[trial.number]
+    assert stale.state == TrialState.FAIL and stale.user_attrs["interrupted"] is True
+    assert "no heartbeat" in stale.user_attrs["reason"]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == trial.number]
+    assert len(retries) == 1 and retries[0].params == {"x": 0.3} and retries[0].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3 and len(trials) == 4
+
+
+def test_a_running_trial_with_a_fresh_heartbeat_is_waited_for(tmp_path):
+    trial, url = _stale_trial(tmp_path)
+    seen = {}
+
+    def the_other_worker_finishes(_):  # the trial was left RUNNING while this worker ran its own
+        study = optuna.load_study(study_name="unit", storage=rdb_storage(url))
+        seen["state"] = study.trials[trial.number].state
+        study.tell(trial.number, 0.3)
+
+    sweeper = make_sweeper(tmp_path, n_trials=3, heartbeat_interval=60)
+    sweeper.launcher.on_launch = the_other_worker_finishes
+    sweeper.sweep([])
+    trials = stored_study(tmp_path).trials
+    assert seen["state"] == TrialState.RUNNING
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # 1 + the other's + 1: no overshoot
+
+
+def test_heartbeat_beats_at_start_and_every_interval_until_stopped():
+    beats, second = [], threading.Event()
+
+    def beat():
+        beats.append(1)
+        if len(beats) >= 2:
+            second.set()
+
+    heartbeat = Heartbeat(beat, 0.01).start()
+    assert beats  # the first beat is recorded before start() returns
+    assert second.wait(WAIT_S)
+    heartbeat.stop()
+    count = len(beats)
+    assert not heartbeat._thread.is_alive() and len(beats) == count
+
+
+def _create(work_dir, shared_dir, barrier, results):
+    import pathlib
+
+    sweeper = make_sweeper(pathlib.Path(work_dir), n_trials=1)
+    sweeper.storage = f"sqlite:///{shared_dir}/fresh.db"
+    sweeper.url, sweeper.study_name = sweeper.storage, "race"
+    sweeper._heartbeat = None
+    barrier.wait(WAIT_S)
+    try:
+        sweeper._create_study("minimize")
+        results.put("ok")
+    except BaseException as error:  # noqa: BLE001
+        results.put(repr(error))
+
+
+def test_two_processes_creating_one_study_on_a_fresh_storage_both_succeed(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    # both processes open the same fresh storage file at once (after the barrier)
+    processes = [context.Process(target=_create, args=(str(tmp_path / f"p{i}"), str(tmp_path), barrier, results))
+                 for i in range(2)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=WAIT_S) for _ in processes]
+    for process in processes:
+        process.join(WAIT_S)
+    assert outcomes == ["ok", "ok"]
+    summaries = optuna.get_all_study_summaries(storage=f"sqlite:///{tmp_path}/fresh.db")
+    assert [s.study_name for s in summaries] == ["race"]
