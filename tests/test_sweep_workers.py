@@ -145,3 +145,85 @@ def test_two_processes_creating_one_study_on_a_fresh_storage_both_succeed(tmp_pa
     assert outcomes == ["ok", "ok"]
     summaries = optuna.get_all_study_summaries(storage=f"sqlite:///{tmp_path}/fresh.db")
     assert [s.study_name for s in summaries] == ["race"]
+
+
+# ----------------------------------------------------------------------------- loose ends
+MEMORY = "sqlite:///:memory:"
+
+
+def test_an_in_memory_study_is_shared_with_jobs_in_this_process_and_starts_afresh(tmp_path):
+    from app.search.study import TRIAL_ENV, load_study
+    from app.search.trial import OptunaTrial
+
+    def job_reports(overrides):  # what a job of the basic launcher does: open the study by URL
+        values = dict(o.lstrip("+").split("=", 1) for o in overrides[0])
+        study = load_study(MEMORY, "unit")
+        OptunaTrial(study, int(values[f"hydra.job.env_set.{TRIAL_ENV}"])).set_user_attr("seen_by_job", True)
+
+    for _ in range(2):
+        sweeper = make_sweeper(tmp_path, n_trials=2, storage=MEMORY)
+        sweeper.launcher.on_launch = job_reports
+        sweeper.sweep([])
+        trials = load_study(MEMORY, "unit").trials
+        assert len(trials) == 2 and all(t.state == TrialState.COMPLETE and t.user_attrs["seen_by_job"]
+                                        for t in trials)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_in_memory_study_with_jobs_in_other_processes_is_refused(tmp_path, capsys):
+    sweeper = make_sweeper(tmp_path, n_trials=2, n_jobs=2, storage=MEMORY)
+    sweeper.launcher = FakeLauncher(tmp_path, name="JoblibLauncher")
+    with pytest.raises(SystemExit) as exit_info:
+        sweeper.sweep([])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "`hydra.sweeper.storage`" in message and "JoblibLauncher" in message and "Traceback" not in message
+    assert sweeper.launcher.launched == []
+
+
+def test_resuming_a_study_with_another_direction_is_refused_in_one_paragraph(tmp_path, capsys):
+    make_sweeper(tmp_path, n_trials=1).sweep([])
+    flipped = make_sweeper(tmp_path, n_trials=2)
+    flipped.direction = "maximize"
+    with pytest.raises(SystemExit) as exit_info:
+        flipped.sweep([])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert "direction minimize (now maximize)" in message and "hydra.sweeper.study_name=<name>" in message
+    assert "hydra.sweeper.storage" in message and "\n" not in message
+    assert len(stored_study(tmp_path).trials) == 1
+
+
+@pytest.mark.parametrize("setting, value, key", [
+    ("n_trials", 0, "hydra.sweeper.n_trials"),
+    ("n_trials", -3, "hydra.sweeper.n_trials"),
+    ("direction", "sideways", "hydra.sweeper.direction"),
+    ("max_failure_rate", 1.5, "hydra.sweeper.max_failure_rate"),
+    ("max_failure_rate", -0.1, "hydra.sweeper.max_failure_rate"),
+    ("heartbeat_interval", 0, "hydra.sweeper.heartbeat_interval"),
+    ("grace_period", -1, "hydra.sweeper.grace_period"),
+    ("storage", "notaurl", "hydra.sweeper.storage"),
+    ("storage", "postgresql://nohost/db", "hydra.sweeper.storage"),
+    ("storage", "sqlite:////proc/no/such/dir/x.db", "hydra.sweeper.storage"),
+    ("params", "interval(1e-1, 1e-5)", "hydra.sweeper.params.x"),
+    ("params", "range(5, 2)", "hydra.sweeper.params.x"),
+    ("params", "tag(log, interval(0, 1))", "hydra.sweeper.params.x"),
+])
+def test_bad_sweeper_settings_are_refused_in_one_paragraph(tmp_path, capsys, setting, value, key):
+    from omegaconf import OmegaConf
+
+    if setting == "max_failure_rate":
+        sweeper = make_sweeper(tmp_path, max_failure_rate=value)  # the plugin asserted in __init__
+    else:
+        sweeper = make_sweeper(tmp_path)
+        if setting == "params":
+            sweeper.params = OmegaConf.create({"x": value})
+        else:
+            setattr(sweeper, setting, value)
+    with pytest.raises(SystemExit) as exit_info:
+        sweeper.sweep([])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"Error: Invalid value for `{key}`") and "Accepted:" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert sweeper.launcher.launched == []

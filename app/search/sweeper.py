@@ -386,7 +386,7 @@ class StudySweeper(OptunaSweeperImpl):
                 raise ConfigError("hydra.sweeper.storage", self.url, accepted,
                                   f"It is not a database URL this machine can open ({type(error).__name__}: "
                                   f"{error})") from None
-            except sqlite3.Error as error:
+            except (sqlite3.Error, OSError) as error:
                 raise ConfigError("hydra.sweeper.storage", self.url, accepted,
                                   f"It cannot be opened: {error}") from None
             log.info("Study %r: another worker is creating it (%s); trying again", self.study_name,
@@ -433,7 +433,20 @@ class StudySweeper(OptunaSweeperImpl):
         space, the fixed parameters, the fixed overrides (deletions, `~key`), grid or not."""
         self._process_searchspace_config()
         params_conf = self._parse_sweeper_params_config() + list(arguments)
-        space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
+        try:
+            space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
+        except ValueError:
+            for override in params_conf:  # which one: the plugin's error does not say
+                try:
+                    create_params_from_overrides([override])
+                except ValueError as error:
+                    name, _, value = str(override).partition("=")
+                    raise ConfigError(
+                        f"hydra.sweeper.params.{name.lstrip('+~')}", value,
+                        "interval(low, high) with low <= high (low > 0 with tag(log, ...)), "
+                        "range(start, stop[, step]) with at least one value, or choice(a, b, ...)",
+                        str(error)) from None
+            raise
         is_grid = (isinstance(self.sampler, functools.partial)
                    and self.sampler.func == optuna.samplers.GridSampler)
         if is_grid:
