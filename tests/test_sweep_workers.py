@@ -227,3 +227,19 @@ def test_bad_sweeper_settings_are_refused_in_one_paragraph(tmp_path, capsys, set
     assert message.startswith(f"Error: Invalid value for `{key}`") and "Accepted:" in message
     assert "\n" not in message and "Traceback" not in message
     assert sweeper.launcher.launched == []
+
+
+def test_the_job_records_its_trials_heartbeat_until_the_run_ends(tmp_path):
+    from app.search.trial import OptunaTrial
+
+    url = f"sqlite:///{tmp_path}/hb.db"
+    study = optuna.create_study(study_name="hb", storage=rdb_storage(url, heartbeat_interval=1))
+    asked = study.ask()
+    trial = OptunaTrial(study, asked._trial_id)
+    trial.start_heartbeat(1)
+    thread = trial.heartbeat._thread
+    with sqlite3.connect(f"{tmp_path}/hb.db") as connection:
+        rows = connection.execute("SELECT trial_id FROM trial_heartbeats").fetchall()
+    assert rows == [(asked._trial_id,)]
+    trial.close()
+    assert trial.heartbeat is None and not thread.is_alive()

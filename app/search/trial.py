@@ -45,8 +45,8 @@ class OptunaTrial:
         """Record Optuna heartbeats for this trial every `interval_s` seconds from a daemon thread
         (Optuna does so only inside `study.optimize`; Hydra sweepers ask and tell)."""
         storage = storage_of(self.study)
-        trial_number = trial_id(self.trial)
-        self.heartbeat = Heartbeat(lambda: [storage.record_heartbeat(trial_number)], interval_s)
+        storage_id = trial_id(self.trial)
+        self.heartbeat = Heartbeat(lambda: storage.record_heartbeat(storage_id), interval_s)
         self.heartbeat.start()
 
     def close(self) -> None:
