@@ -424,7 +424,7 @@ class StudySweeper(OptunaSweeperImpl):
         its turn, or finished and not yet told); the job running a trial beats too (trial.py)."""
         if not self._heartbeat:
             return None
-        storage, ids = storage_of(study), [trial_id(t) for t in trials]
+        storage, ids = self._make_storage(), [trial_id(t) for t in trials]  # its own connection
         return Heartbeat(lambda: [storage.record_heartbeat(i) for i in ids], self._heartbeat).start()
 
     # ------------------------------------------------------------------ pieces of the loop

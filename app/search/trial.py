@@ -41,10 +41,12 @@ class OptunaTrial:
         self.curves: list[dict[int, float]] = []  # per seed, in order: epoch -> monitored value
         self.heartbeat: Heartbeat | None = None
 
-    def start_heartbeat(self, interval_s: float) -> None:
+    def start_heartbeat(self, interval_s: float, storage: Any = None) -> None:
         """Record Optuna heartbeats for this trial every `interval_s` seconds from a daemon thread
-        (Optuna does so only inside `study.optimize`; Hydra sweepers ask and tell)."""
-        storage = storage_of(self.study)
+        (Optuna does so only inside `study.optimize`; Hydra sweepers ask and tell). `storage`: one
+        for the thread alone (default: the study's); a SQLite storage keeps one connection, which
+        two threads must not use at once."""
+        storage = storage or storage_of(self.study)
         storage_id = trial_id(self.trial)
         self.heartbeat = Heartbeat(lambda: storage.record_heartbeat(storage_id), interval_s)
         self.heartbeat.start()
@@ -153,12 +155,11 @@ def current_trial(trusted_modules: Iterable[str] = ()) -> OptunaTrial | None:
         log.warning("%s is set but %s/study.json is missing: not reporting to Optuna",
                     TRIAL_ENV, hydra_cfg.sweep.dir)
         return None
-    storage = rdb_storage(info.storage, heartbeat_interval=info.heartbeat_interval)
-    study = load_study(info.storage, info.study_name, pruner=info.make_pruner(trusted_modules), storage=storage)
+    study = load_study(info.storage, info.study_name, pruner=info.make_pruner(trusted_modules))
     trial = OptunaTrial(study, int(trial_id))
     trial.set_user_attr("run_dir", str(hydra_cfg.runtime.output_dir))
     if info.heartbeat_interval:
-        trial.start_heartbeat(info.heartbeat_interval)
+        trial.start_heartbeat(info.heartbeat_interval, rdb_storage(info.storage, info.heartbeat_interval))
     if info.parallel_jobs > 1:
         share_cpu_threads(info.parallel_jobs)
     return trial
