@@ -21,7 +21,7 @@ WAIT_S = 60  # upper bound for an event that must come (a failing test, not a ha
 
 def test_two_workers_on_one_study_never_overshoot_and_wait_for_each_other(tmp_path):
     a_launched, b_done_launching = threading.Event(), threading.Event()
-    order = []
+    states_at_exit = {}
 
     def a_waits_for_b(_):
         if not a_launched.is_set():
@@ -40,7 +40,7 @@ def test_two_workers_on_one_study_never_overshoot_and_wait_for_each_other(tmp_pa
         except BaseException as error:  # noqa: BLE001 - reported by the assertion below
             errors.append(error)
             b_done_launching.set()
-        order.append(name)
+        states_at_exit[name] = [t.state for t in stored_study(tmp_path).trials]
 
     thread_a = threading.Thread(target=run, args=(a, "a"))
     thread_a.start()
@@ -53,7 +53,8 @@ def test_two_workers_on_one_study_never_overshoot_and_wait_for_each_other(tmp_pa
     trials = stored_study(tmp_path).trials
     assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
     assert (len(a.launcher.launched), len(b.launcher.launched)) == (2, 1)
-    assert order == ["a", "b"]  # b, done with its trial, waited for a's to finish
+    # b, done with its one trial, exited only once a's two had finished too
+    assert states_at_exit["b"] == [TrialState.COMPLETE] * 3
 
 
 def _stale_trial(tmp_path, x=0.3):
