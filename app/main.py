@@ -38,11 +38,15 @@ def main(cfg: DictConfig) -> float:
     try:
         resolve_mode(cfg)  # trainer.mode: auto -> min | max, before anything reads it
         trial = current_trial(cfg.trusted_modules)
-        if cfg.seeds:
-            summary = train_seeds(cfg, run_dir, execute, trial)
-            log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
-        else:
-            summary = execute(cfg, run_dir, trial)
+        try:
+            if cfg.seeds:
+                summary = train_seeds(cfg, run_dir, execute, trial)
+                log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
+            else:
+                summary = execute(cfg, run_dir, trial)
+        finally:
+            if trial is not None:
+                trial.close()  # stops the trial's heartbeat
         if summary.debug is not None and not summary.debug["passed"] and HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)  # a debug verdict: FAILED (in a sweep each job's verdict is logged, the sweep goes on)
         return summary.objective

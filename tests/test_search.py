@@ -196,12 +196,15 @@ class FakeLauncher:
     """Runs each job in-process: `x` picks the outcome (x > 0.9 diverges, `raise_above` raises)
     and the objective is x. Records the overrides it was given."""
 
-    def __init__(self, sweep_dir: Path, raise_above: float = 2.0, name: str = "BasicLauncher"):
+    def __init__(self, sweep_dir: Path, raise_above: float = 2.0, name: str = "BasicLauncher", on_launch=None):
         self.sweep_dir, self.raise_above = sweep_dir, raise_above
         self.launched: list[tuple[int, list[str]]] = []
+        self.on_launch = on_launch  # called with the launch's overrides before the jobs "run"
         type(self).__name__ = name
 
     def launch(self, job_overrides, initial_job_idx):
+        if self.on_launch is not None:
+            self.on_launch(job_overrides)
         returns = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             self.launched.append((idx, list(overrides)))
@@ -225,16 +228,17 @@ class FakeLauncher:
 
 
 def make_sweeper(tmp_path, n_trials=4, n_jobs=1, params="interval(0, 1)", launcher=None, overrides=(),
-                 max_failure_rate=0.0, device_type="auto", seed=0):
+                 max_failure_rate=0.0, device_type="auto", seed=0, storage=None, **settings):
     tmp_path.mkdir(parents=True, exist_ok=True)
     sweep_dir = tmp_path / f"sweep{len(list(tmp_path.glob('sweep*')))}"
     sweep_dir.mkdir()
     sweeper = StudySweeper(
         pruner=optuna.pruners.NopPruner(), sampler=optuna.samplers.RandomSampler(seed=seed),
-        direction="minimize", storage=None, study_name="unit", n_trials=n_trials, n_jobs=n_jobs,
+        direction="minimize", storage=storage, study_name="unit", n_trials=n_trials, n_jobs=n_jobs,
         max_failure_rate=max_failure_rate, custom_search_space=None,
-        params=OmegaConf.create({"x": params}),
+        params=OmegaConf.create({"x": params}), **settings,
     )
+    sweeper.poll_s = 0.02
     sweeper.config = OmegaConf.create({
         "device": {"type": device_type, "index": 0},
         "hydra": {
@@ -314,15 +318,26 @@ def test_interrupted_trials_are_failed_and_retried_with_the_same_parameters(tmp_
     live.suggest_float("x", 0, 1)
     claim(study, live, {"host": socket.gethostname(), "pid": os.getppid(), "started": 0})
 
-    make_sweeper(tmp_path, n_trials=3).sweep([])
+    def other_worker_finishes_its_trial(_):  # the live trial counts towards n_trials: the sweep waits for it
+        if stored_study(tmp_path).trials[live.number].state == TrialState.RUNNING:
+            other = stored_study(tmp_path)
+            observed["running_while_launching"] = True
+            other.tell(live.number, 0.5)
+
+    observed = {}
+    resumed = make_sweeper(tmp_path, n_trials=4)
+    resumed.launcher.on_launch = other_worker_finishes_its_trial
+    resumed.sweep([])
     trials = stored_study(tmp_path).trials
     failed = trials[orphan.number]
     assert failed.state == TrialState.FAIL and failed.user_attrs["interrupted"] is True
     assert "interrupted" in read_json(run_dir / "summary.json")["error"]
     retries = [t for t in trials if t.user_attrs.get("retry_of") == orphan.number]
     assert len(retries) == 1 and retries[0].params == failed.params and retries[0].state == TrialState.COMPLETE
-    assert trials[live.number].state == TrialState.RUNNING  # its owner is alive: left alone
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+    assert observed["running_while_launching"]  # its owner is alive: left alone, not failed
+    assert trials[live.number].state == TrialState.COMPLETE
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 4
+    assert len(trials) == 5  # 4 finished + the interrupted one: nothing more was asked
 
 
 def test_raising_trials_fail_with_their_reason_until_max_failure_rate(tmp_path):

@@ -21,3 +21,14 @@ def trial_id(trial: Any) -> int:
 def storage(study: Any) -> Any:
     """The storage an `optuna.Study` reads and writes."""
     return study._storage
+
+
+def stale_trial_ids(study: Any) -> list[int]:
+    """Ids of the study's RUNNING trials whose last heartbeat is older than the storage's grace
+    period (none when its heartbeats are off). `optuna.storages.fail_stale_trials` fails them at
+    once, leaving no moment to record why on the trial (a finished trial's attributes are
+    read-only): the sweeper needs the ids first, which only `_get_stale_trial_ids` gives."""
+    store = storage(study)
+    if not getattr(store, "get_heartbeat_interval", lambda: None)():
+        return []
+    return list(store._get_stale_trial_ids(study._study_id))

@@ -7,7 +7,7 @@ no torch). It holds what Hydra needs: the sweeper class, its config schema and t
 `hydra/sweeper/pruner` options. The work is done by `app.search.sweeper.StudySweeper`.
 """
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_optuna_sweeper import config as plugin_config
@@ -23,6 +23,12 @@ class AppOptunaSweeperConf(plugin_config.OptunaSweeperConf):
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: Any = MISSING  # an option of hydra/sweeper/pruner
     n_jobs: int = 1  # trials launched at once (run in parallel with hydra/launcher=joblib)
+    # Liveness of trials when several sweep processes (workers) share a study: seconds between
+    # heartbeats of a running trial (null: off; then only trials of dead processes on this host
+    # are recovered), and how old a heartbeat may get before any worker fails the trial and runs
+    # it again (null: 2 x heartbeat_interval).
+    heartbeat_interval: Optional[int] = 30
+    grace_period: Optional[int] = None
 
 
 class AppOptunaSweeper(plugin_sweeper.OptunaSweeper):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -85,27 +86,61 @@ def _sqlite_connection(path: Path) -> sqlite3.Connection:
     return connection
 
 
-def rdb_storage(url: str):
-    """An Optuna RDB storage for `url`. For SQLite: connections wait up to SQLITE_TIMEOUT_S for
-    another process's lock, commit without fsync (see _sqlite_connection), and one connection is
-    kept open (closing the last connection of a WAL file checkpoints it: ~5 ms per operation)."""
+MEMORY_URL = "sqlite:///:memory:"
+# In-memory studies (`sqlite:///:memory:`) exist only inside one connection: the sweeper makes the
+# storage (`new_memory_storage`) and jobs of the basic launcher, in the same process, open it here.
+_MEMORY_STORAGES: dict[str, Any] = {}
+
+
+def is_memory(url: str) -> bool:
+    return url == MEMORY_URL
+
+
+def new_memory_storage(url: str = MEMORY_URL):
+    """A fresh in-memory storage, registered so that `rdb_storage(url)` in this process returns it."""
     import optuna
     import sqlalchemy.pool
 
+    connection = sqlite3.connect(":memory:", check_same_thread=False)
+    engine_kwargs = {"creator": lambda: connection, "poolclass": sqlalchemy.pool.StaticPool}
+    _MEMORY_STORAGES[url] = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    return _MEMORY_STORAGES[url]
+
+
+def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                on_stale: Any = None):
+    """An Optuna RDB storage for `url`. For SQLite: connections wait up to SQLITE_TIMEOUT_S for
+    another process's lock, commit without fsync (see _sqlite_connection), and one connection is
+    kept open (closing the last connection of a WAL file checkpoints it: ~5 ms per operation).
+    `heartbeat_interval`, `grace_period` (seconds; None: no heartbeats) and `on_stale` (called
+    for each trial that `optuna.storages.fail_stale_trials` fails) are Optuna's heartbeat options.
+    `sqlite:///:memory:`: the storage `new_memory_storage` registered in this process (no heartbeats)."""
+    import optuna
+    import sqlalchemy.pool
+
+    if is_memory(url):
+        if url not in _MEMORY_STORAGES:
+            new_memory_storage(url)
+        return _MEMORY_STORAGES[url]
+    heartbeat = {}
+    if heartbeat_interval:
+        heartbeat = {"heartbeat_interval": int(heartbeat_interval), "grace_period": grace_period,
+                     "heartbeat_stale_trial_callback": on_stale}
     path = sqlite_path(url)
-    if path is None:
-        return optuna.storages.RDBStorage(url)
-    engine_kwargs = {"creator": lambda: _sqlite_connection(path), "poolclass": sqlalchemy.pool.StaticPool}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    engine_kwargs = ({} if path is None else
+                     {"creator": lambda: _sqlite_connection(path), "poolclass": sqlalchemy.pool.StaticPool})
+    with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna 5
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None, **heartbeat)
 
 
-def load_study(url: str, study_name: str, pruner: Any = None, sampler: Any = None):
-    """Open an existing study. Without a sampler, a RandomSampler: a job that only reports
-    values should not pay for a model-based sampler's set-up."""
+def load_study(url: str, study_name: str, pruner: Any = None, sampler: Any = None, storage: Any = None):
+    """Open an existing study (in `storage`, default: a new storage for `url`). Without a sampler,
+    a RandomSampler: a job that only reports values should not pay for a model-based sampler's set-up."""
     import optuna
 
     return optuna.load_study(
-        study_name=study_name, storage=rdb_storage(url), pruner=pruner,
+        study_name=study_name, storage=storage or rdb_storage(url), pruner=pruner,
         sampler=sampler or optuna.samplers.RandomSampler(),
     )
 
@@ -120,6 +155,7 @@ class StudyFile:
     pruner: dict[str, Any] = field(default_factory=lambda: {"_target_": "optuna.pruners.NopPruner"})
     parallel_jobs: int = 1  # trials running at once in separate processes (1: one at a time)
     n_trials: int | None = None
+    heartbeat_interval: int | None = None  # seconds between a job's heartbeats (None: none)
 
     def write(self, sweep_dir: str | Path) -> Path:
         from app.run.record import write_json

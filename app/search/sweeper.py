@@ -24,13 +24,16 @@ plugin's search-space parsing, trial configuration and launcher, and changes the
 """
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import math
 import os
 import socket
+import sqlite3
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,6 +47,7 @@ from optuna.trial import TrialState
 from app import targets
 from app.errors import ConfigError
 from app.run.record import Status, Summary
+from app.search.internals import stale_trial_ids
 from app.search.internals import storage as storage_of
 from app.search.internals import trial_id
 from app.search.study import (
@@ -51,15 +55,20 @@ from app.search.study import (
     StudyFile,
     absolute_storage,
     default_storage,
+    is_memory,
     load_study,
+    new_memory_storage,
     prepare_storage,
     rdb_storage,
     trial_state,
 )
+from app.search.trial import Heartbeat
 
 log = logging.getLogger(__name__)
 OWNER_ATTR = "app:owner"  # system attribute: which sweep process asked (and so runs) a trial
 SEARCH_ATTR = "app:search"  # study user attribute: the command that started the study
+UNCLAIMED_GRACE_S = 60.0  # a RUNNING trial with no owner this old was asked by a process that died
+CREATE_ATTEMPTS = 5  # creating a study on a fresh storage: tries (processes racing to make tables)
 
 
 @dataclass
@@ -145,11 +154,13 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def abandoned(owner_attr: dict[str, Any] | None) -> bool:
+def abandoned(owner_attr: dict[str, Any] | None, age_s: float = math.inf) -> bool:
     """Whether a RUNNING trial's sweep process is gone. Trials of sweeps on other hosts are
-    never judged (they may be alive)."""
+    never judged here (they may be alive: their heartbeats tell). A trial with no owner yet is
+    abandoned once `age_s` (since it was asked) exceeds UNCLAIMED_GRACE_S: another worker may be
+    between its ask and its claim."""
     if not owner_attr:
-        return True
+        return age_s > UNCLAIMED_GRACE_S
     if owner_attr.get("host") != socket.gethostname():
         return False
     if owner_attr.get("pid") == os.getpid():
@@ -161,7 +172,14 @@ def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
     """Counts towards n_trials: COMPLETE, PRUNED, or FAIL that was not an interruption."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")
+    return (trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")
+            and not trial.user_attrs.get("surplus"))
+
+
+def age_s(trial: optuna.trial.FrozenTrial) -> float:
+    if trial.datetime_start is None:
+        return math.inf
+    return (datetime.datetime.now() - trial.datetime_start).total_seconds()
 
 
 def gpu_assignments(batch_size: int, gpu_count: int) -> list[int | None]:
@@ -178,12 +196,42 @@ class StudySweeper(OptunaSweeperImpl):
     app's target whitelist); `custom_search_space`: the plugin's option, built the same way."""
 
     def __init__(self, sampler: Any, pruner: Any = None, custom_search_space: str | None = None,
-                 **plugin_kwargs: Any) -> None:
-        super().__init__(sampler=sampler, custom_search_space=None, **plugin_kwargs)
+                 heartbeat_interval: int | None = 30, grace_period: int | None = None,
+                 max_failure_rate: float = 0.0, **plugin_kwargs: Any) -> None:
+        # the plugin asserts 0 <= max_failure_rate <= 1: checked in sweep() instead, as a ConfigError
+        super().__init__(sampler=sampler, custom_search_space=None, max_failure_rate=0.0, **plugin_kwargs)
+        self.max_failure_rate = max_failure_rate
         self.pruner = pruner
         self.custom_search_space = custom_search_space
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.poll_s: float | None = None  # waiting for other workers' trials: None -> from the heartbeat
         if self.n_jobs < 1:
             raise ConfigError("hydra.sweeper.n_jobs", self.n_jobs, "an integer >= 1")
+
+    def _check_settings(self) -> None:
+        """One-paragraph refusals of settings the plugin would assert on or Optuna would raise on late."""
+        if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or self.n_trials <= 0:
+            raise ConfigError("hydra.sweeper.n_trials", self.n_trials, "an integer >= 1",
+                              "The sweep runs until this many trials have finished")
+        try:
+            rate = float(self.max_failure_rate)
+        except (TypeError, ValueError):
+            rate = math.nan
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError("hydra.sweeper.max_failure_rate", self.max_failure_rate,
+                              "a number from 0 (stop at the first failed trial) to 1 (never stop)")
+        directions = self._get_directions()
+        if len(directions) != 1:
+            raise ConfigError("hydra.sweeper.direction", list(directions), "minimize or maximize",
+                              "A run returns one objective (its monitored metric)")
+        if str(directions[0]).lower() not in ("minimize", "maximize"):
+            raise ConfigError("hydra.sweeper.direction", directions[0], "minimize or maximize")
+        for key in ("heartbeat_interval", "grace_period"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"hydra.sweeper.{key}", value, "a whole number of seconds >= 1, or null",
+                                  "null turns heartbeats off" if key == "heartbeat_interval"
+                                  else "null means 2 x heartbeat_interval")
 
     def _build(self, node: Any, key: str, **kwargs: Any) -> Any:
         """An object from a config node of the sweeper (anything else is returned as it is)."""
@@ -208,64 +256,82 @@ class StudySweeper(OptunaSweeperImpl):
             sys.exit(2)
 
     def _sweep(self, arguments: list[str]) -> None:
+        self._check_settings()
         self._build_plugin_objects()
         space, fixed, fixed_overrides, is_grid = self._search_space(arguments)
-        directions = self._get_directions()
-        if len(directions) != 1:
-            raise ConfigError("hydra.sweeper.direction", list(directions), "minimize or maximize",
-                              "A run returns one objective (its monitored metric)")
+        direction = str(self._get_directions()[0]).lower()
         launch_dir = self.config.hydra.runtime.cwd
         self.study_name = self.study_name or self.config.hydra.job.name
         self.url = (absolute_storage(str(self.storage), launch_dir) if self.storage
                     else default_storage(self.study_name, launch_dir))
-        prepare_storage(self.url)
-        study = optuna.create_study(
-            study_name=self.study_name, storage=rdb_storage(self.url), sampler=self.sampler,
-            pruner=self.pruner, direction=directions[0], load_if_exists=True,
-        )
-        self._check_same_search(study, space, fixed, directions[0])
+        parallel = self.n_jobs if type(self.launcher).__name__ != "BasicLauncher" else 1
+        memory = is_memory(self.url)
+        if memory and type(self.launcher).__name__ != "BasicLauncher":
+            raise ConfigError(
+                "hydra.sweeper.storage", self.url, "a file (sqlite:///path.db) or a database server URL, "
+                "or hydra/launcher=basic with the in-memory storage",
+                f"An in-memory study lives in the sweep process; the {type(self.launcher).__name__} runs "
+                "jobs in other processes, which cannot reach it")
+        self._heartbeat = None if memory else self.heartbeat_interval
+        study = self._create_study(direction, memory)
+        self._check_same_search(study, space, fixed, direction)
         self._recover(study)
         existing = len(study.get_trials(deepcopy=False))
         if existing and not is_grid:
             self._reseed_sampler(existing)
-        parallel = self.n_jobs if type(self.launcher).__name__ != "BasicLauncher" else 1
         StudyFile(
-            storage=self.url, study_name=self.study_name, direction=directions[0],
+            storage=self.url, study_name=self.study_name, direction=direction,
             pruner=OmegaConf.to_container(self.config.hydra.sweeper.pruner, resolve=True),
-            parallel_jobs=parallel, n_trials=self.n_trials,
+            parallel_jobs=parallel, n_trials=self.n_trials, heartbeat_interval=self._heartbeat,
         ).write(self.sweep_dir)
         gpus = self._gpus_to_share(parallel)
         finished = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
         log.info("Study %r in %s (%s, sampler %s, pruner %s): %d of %d trials finished%s",
-                 self.study_name, self.url, directions[0], type(self.sampler).__name__,
+                 self.study_name, self.url, direction, type(self.sampler).__name__,
                  type(self.pruner).__name__, finished, self.n_trials,
                  "; resuming" if finished else "")
 
         planned = max(0, self.n_trials - finished)
         failed: list[JobReturn] = []
+        waiting_for: int | None = None
         while True:
             study = self._open()
-            to_go = self.n_trials - sum(is_finished(t) for t in study.get_trials(deepcopy=False))
+            self._recover(study)
+            known = study.get_trials(deepcopy=False)
+            to_go = self.n_trials - sum(is_finished(t) for t in known)
             if to_go <= 0:
                 break
-            trials = [study.ask() for _ in range(min(to_go, self.n_jobs))]
-            for trial in trials:
-                claim(study, trial)
+            running = sum(t.state == TrialState.RUNNING for t in known)  # other workers' (ours are told)
+            free = to_go - running
+            if free <= 0:  # the rest is running elsewhere: wait for it to finish (or go stale)
+                if waiting_for != running:
+                    log.info("Waiting for %d trials of other workers (%d to finish)", running, to_go)
+                    waiting_for = running
+                time.sleep(self._poll_interval())
+                continue
+            waiting_for = None
+            trials = self._ask(study, min(free, self.n_jobs))
+            if not trials:
+                continue
             overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
             jobs = [
                 (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial_id(trial)}",
                  *([f"device.index={gpu}"] if gpu is not None else []))
                 for trial, job, gpu in zip(trials, overrides, gpu_assignments(len(trials), gpus))
             ]
+            heartbeat = self._beat_for(study, trials)
             try:
                 returns = self._launch(trials, jobs)
             except BaseException as error:
                 self._abandon(trials, error)
                 raise
+            finally:
+                if heartbeat is not None:
+                    heartbeat.stop()
             told = self._open()
             for trial, ret in zip(trials, returns):
                 outcome = self._tell(told, trial, ret)
-                if outcome.state == TrialState.FAIL:
+                if outcome is not None and outcome.state == TrialState.FAIL:
                     failed.append(ret)
             if failed and len(failed) > self.max_failure_rate * planned:
                 log.error("%d trials failed, more than max_failure_rate=%s of the %d this sweep set out "
@@ -275,13 +341,112 @@ class StudySweeper(OptunaSweeperImpl):
                 raise RuntimeError(f"{len(failed)} trials failed; see their run dirs")
         self._write_results(self._open())
 
+    # ------------------------------------------------------------------ several workers
+    def _poll_interval(self) -> float:
+        """How long to wait between looks at the storage while other workers' trials run."""
+        if self.poll_s is not None:
+            return self.poll_s
+        return float(min(10, max(1, (self._heartbeat or 20) / 2)))
+
+    def _make_storage(self, memory: bool = False):
+        if memory:
+            return new_memory_storage(self.url)
+        return rdb_storage(self.url, self._heartbeat, self.grace_period if self._heartbeat else None)
+
+    def _storage(self):
+        """The sweeper's storage for self.url (one object per sweep: an in-memory study is in it)."""
+        if getattr(self, "_store", None) is None or getattr(self, "_store_url", None) != self.url:
+            self._store, self._store_url = self._make_storage(), self.url
+        return self._store
+
+    def _create_study(self, direction: str, memory: bool = False):
+        """Create the study, or load it when it exists. Several workers starting at once on a
+        fresh storage race to create its tables and the study: the loser retries (bounded)."""
+        import sqlalchemy.exc
+
+        accepted = ("sqlite:///<path>.db (a file; relative paths from the launch dir), sqlite:///:memory: "
+                    "(this process only), or a reachable database URL whose driver is installed, "
+                    "e.g. postgresql+psycopg2://user@host/db")
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                prepare_storage(self.url)
+                self._store, self._store_url = self._make_storage(memory), self.url
+                return optuna.create_study(
+                    study_name=self.study_name, storage=self._store, sampler=self.sampler,
+                    pruner=self.pruner, direction=direction, load_if_exists=True,
+                )
+            except (sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError) as error:
+                last = error  # another worker created it between our look and our insert
+            except sqlalchemy.exc.OperationalError as error:
+                if "already exists" not in str(error) and "locked" not in str(error):
+                    raise ConfigError("hydra.sweeper.storage", self.url, accepted,
+                                      f"It cannot be opened: {str(error.orig).strip()}") from None
+                last = error  # another worker is creating the tables
+            except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as error:
+                raise ConfigError("hydra.sweeper.storage", self.url, accepted,
+                                  f"It is not a database URL this machine can open ({type(error).__name__}: "
+                                  f"{error})") from None
+            except (sqlite3.Error, OSError) as error:
+                raise ConfigError("hydra.sweeper.storage", self.url, accepted,
+                                  f"It cannot be opened: {error}") from None
+            log.info("Study %r: another worker is creating it (%s); trying again", self.study_name,
+                     type(last).__name__)
+            time.sleep(0.1 * 2 ** attempt)  # 0.1, 0.2, 0.4, 0.8 s
+        raise last
+
+    def _ask(self, study, count: int) -> list:
+        """Ask `count` trials and claim them; give back (FAIL, `surplus`) any that another worker's
+        concurrent ask made one too many: taken trials (finished or RUNNING), in number order,
+        beyond n_trials."""
+        with warnings.catch_warnings():  # Optuna: heartbeats are "supposed to be used with optimize"
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trials = [study.ask() for _ in range(count)]
+        for trial in trials:
+            claim(study, trial)
+        taken = sorted(t.number for t in study.get_trials(deepcopy=False)
+                       if is_finished(t) or t.state == TrialState.RUNNING)
+        beyond = set(taken[self.n_trials:])
+        kept = []
+        for trial in trials:
+            if trial.number not in beyond:
+                kept.append(trial)
+                continue
+            storage = storage_of(study)
+            storage.set_trial_user_attr(trial_id(trial), "surplus", True)
+            storage.set_trial_user_attr(trial_id(trial), "reason", "not run: another worker asked the last trial")
+            self._finish(study, trial.number, Outcome(TrialState.FAIL, None, Status.FAILED))
+            log.info("Trial %d not run: other workers already run the last of the %d trials",
+                     trial.number, self.n_trials)
+        return kept
+
+    def _beat_for(self, study, trials: list) -> Heartbeat | None:
+        """While a batch is launched, this worker keeps its trials' heartbeats (a trial waiting for
+        its turn, or finished and not yet told); the job running a trial beats too (trial.py)."""
+        if not self._heartbeat:
+            return None
+        storage, ids = self._make_storage(), [trial_id(t) for t in trials]  # its own connection
+        return Heartbeat(lambda: [storage.record_heartbeat(i) for i in ids], self._heartbeat).start()
+
     # ------------------------------------------------------------------ pieces of the loop
     def _search_space(self, arguments: list[str]) -> tuple[dict, dict, list[str], bool]:
         """The plugin's parsing of `hydra.sweeper.params` and command-line sweeps: the search
         space, the fixed parameters, the fixed overrides (deletions, `~key`), grid or not."""
         self._process_searchspace_config()
         params_conf = self._parse_sweeper_params_config() + list(arguments)
-        space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
+        try:
+            space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
+        except ValueError:
+            for override in params_conf:  # which one: the plugin's error does not say
+                try:
+                    create_params_from_overrides([override])
+                except ValueError as error:
+                    name, _, value = str(override).partition("=")
+                    raise ConfigError(
+                        f"hydra.sweeper.params.{name.lstrip('+~')}", value,
+                        "interval(low, high) with low <= high (low > 0 with tag(log, ...)), "
+                        "range(start, stop[, step]) with at least one value, or choice(a, b, ...)",
+                        str(error)) from None
+            raise
         is_grid = (isinstance(self.sampler, functools.partial)
                    and self.sampler.func == optuna.samplers.GridSampler)
         if is_grid:
@@ -294,7 +459,8 @@ class StudySweeper(OptunaSweeperImpl):
         return space, fixed, fixed_overrides, is_grid
 
     def _open(self):
-        return load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler)
+        return load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler,
+                          storage=self._storage())
 
     def _check_same_search(self, study, space: dict, fixed: dict, direction: str) -> None:
         """Refuse to resume a study that another command started: the trials would not compare."""
@@ -323,13 +489,14 @@ class StudySweeper(OptunaSweeperImpl):
             )
 
     def _recover(self, study) -> None:
-        """Settle RUNNING trials whose sweep process is gone and queue retries of interrupted ones."""
+        """Settle RUNNING trials that nobody will tell and queue retries of interrupted ones: trials
+        whose heartbeat is older than the grace period (any worker, any host), and trials of a sweep
+        process on this host that is gone (the rule that also works with heartbeats off)."""
         storage = storage_of(study)
+        stale = set(stale_trial_ids(study))
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner_attr = trial.system_attrs.get(OWNER_ATTR)
-            if not abandoned(owner_attr):
-                if owner_attr and owner_attr.get("host") != socket.gethostname():
-                    log.info("Trial %d is running on %s; left alone", trial.number, owner_attr.get("host"))
+            if trial_id(trial) not in stale and not abandoned(owner_attr, age_s(trial)):
                 continue
             run_dir = trial.user_attrs.get("run_dir")
             summary = Summary.read(run_dir)
@@ -338,16 +505,22 @@ class StudySweeper(OptunaSweeperImpl):
                 log.info("Trial %d had finished (%s) when its sweep stopped: told %s",
                          trial.number, outcome.status, outcome.state.name)
             else:
-                who = f"pid {owner_attr.get('pid')}" if owner_attr else "unknown"
+                who = f"pid {owner_attr.get('pid')} on {owner_attr.get('host')}" if owner_attr else "unknown"
                 reason = f"interrupted: its sweep process ({who}) ended while the trial ran"
+                if trial_id(trial) in stale:
+                    reason = (f"interrupted: no heartbeat for more than the grace period (sweep process: "
+                              f"{who})")
                 outcome = Outcome(TrialState.FAIL, None, Status.FAILED, reason, interrupted=True)
                 if run_dir and Path(run_dir).is_dir():
                     Summary(Status.FAILED, error=reason, interrupted=True).write(run_dir)
                 log.warning("Trial %d: %s; it will be run again", trial.number, reason)
-            self._record(storage, trial_id(trial), outcome, run_dir)
-            self._finish(study, trial.number, outcome)
+            try:
+                self._record(storage, trial_id(trial), outcome, run_dir)
+                self._finish(study, trial.number, outcome)
+            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError) as error:
+                log.info("Trial %d was settled by another worker meanwhile (%s)", trial.number, error)
         trials = study.get_trials(deepcopy=False)
-        retried = {t.user_attrs.get("retry_of") for t in trials}
+        retried = {t.user_attrs.get("retry_of") for t in trials if not t.user_attrs.get("surplus")}
         for trial in trials:
             if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted") \
                     and trial.number not in retried and trial.params:
@@ -404,8 +577,12 @@ class StudySweeper(OptunaSweeperImpl):
             if "Study.stop" not in str(error):
                 raise
 
-    def _tell(self, study, trial, ret: JobReturn) -> Outcome:
+    def _tell(self, study, trial, ret: JobReturn) -> Outcome | None:
         outcome = job_outcome(ret)
+        if storage_of(study).get_trial(trial_id(trial)).state != TrialState.RUNNING:
+            log.warning("Trial %d: %s, but another worker had failed it as stale (no heartbeat): "
+                        "its retry counts instead", trial.number, outcome.state.name)
+            return None
         self._record(storage_of(study), trial_id(trial), outcome, run_dir_of(ret))
         self._finish(study, trial.number, outcome)
         line = f"Trial {trial.number}: {outcome.state.name}"

@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from typing import Any, Iterable
+import threading
+from typing import Any, Callable, Iterable
 
 from app.search.internals import trial_id
-from app.search.study import TRIAL_ENV, StudyFile, load_study, trial_state
+from app.search.internals import storage as storage_of
+from app.search.study import TRIAL_ENV, StudyFile, load_study, rdb_storage, trial_state
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,23 @@ class OptunaTrial:
         self.pruner_name = type(study.pruner).__name__
         self._prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
         self.curves: list[dict[int, float]] = []  # per seed, in order: epoch -> monitored value
+        self.heartbeat: Heartbeat | None = None
+
+    def start_heartbeat(self, interval_s: float, storage: Any = None) -> None:
+        """Record Optuna heartbeats for this trial every `interval_s` seconds from a daemon thread
+        (Optuna does so only inside `study.optimize`; Hydra sweepers ask and tell). `storage`: one
+        for the thread alone (default: the study's); a SQLite storage keeps one connection, which
+        two threads must not use at once."""
+        storage = storage or storage_of(self.study)
+        storage_id = trial_id(self.trial)
+        self.heartbeat = Heartbeat(lambda: storage.record_heartbeat(storage_id), interval_s)
+        self.heartbeat.start()
+
+    def close(self) -> None:
+        """The run ended: stop the heartbeat (the sweeper tells the outcome)."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -76,6 +95,36 @@ class OptunaTrial:
                 "state": trial_state(status).name}
 
 
+class Heartbeat:
+    """Calls `beat` now and then every `interval_s` seconds from a daemon thread until `stop()`.
+    A failing beat is logged, not raised (the trial may have been told meanwhile)."""
+
+    def __init__(self, beat: Callable[[], Any], interval_s: float) -> None:
+        self.beat, self.interval_s = beat, float(interval_s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self._beat_once()
+        self._thread.start()
+        return self
+
+    def _beat_once(self) -> None:
+        try:
+            self.beat()
+        except Exception as error:  # noqa: BLE001 - a heartbeat must never end the run
+            log.debug("heartbeat not recorded: %s", error)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._beat_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s + 5)
+
+
 def mean_curve(curves: list[dict[int, float]]) -> dict[int, float]:
     """Epoch -> mean over `curves` of the value at that epoch, for the epochs of the last curve.
     An earlier curve that ended before an epoch contributes its last value."""
@@ -109,6 +158,8 @@ def current_trial(trusted_modules: Iterable[str] = ()) -> OptunaTrial | None:
     study = load_study(info.storage, info.study_name, pruner=info.make_pruner(trusted_modules))
     trial = OptunaTrial(study, int(trial_id))
     trial.set_user_attr("run_dir", str(hydra_cfg.runtime.output_dir))
+    if info.heartbeat_interval:
+        trial.start_heartbeat(info.heartbeat_interval, rdb_storage(info.storage, info.heartbeat_interval))
     if info.parallel_jobs > 1:
         share_cpu_threads(info.parallel_jobs)
     return trial
