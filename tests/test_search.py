@@ -31,7 +31,7 @@ from app.search.sweeper import (
     StudySweeper,
     abandoned,
     claim,
-    gpu_assignments,
+    pick_gpu,
     outcome_from_summary,
 )
 from app.search.trial import OptunaTrial, mean_curve
@@ -172,11 +172,14 @@ def test_run_statuses_map_to_trial_states():
     assert outcome_from_summary(None, "oops").state == TrialState.FAIL
 
 
-def test_gpus_are_assigned_round_robin_within_a_batch():
-    assert gpu_assignments(3, 2) == [0, 1, 0]
-    assert gpu_assignments(4, 4) == [0, 1, 2, 3]
-    assert gpu_assignments(2, 1) == [None, None]
-    assert gpu_assignments(2, 0) == [None, None]
+def test_a_starting_trial_gets_a_gpu_no_running_trial_uses():
+    assert pick_gpu([], 2) == 0
+    assert pick_gpu([0], 2) == 1
+    assert pick_gpu([1], 2) == 0  # trial on GPU 0 ended: its GPU is free again
+    assert pick_gpu([0, 1], 2) == 0  # more trials than GPUs: the least used one
+    assert pick_gpu([0, 1, 0], 2) == 1
+    assert pick_gpu([0, 2], 4) == 1
+    assert pick_gpu([], 1) is None and pick_gpu([], 0) is None
 
 
 def test_a_running_trial_is_abandoned_only_when_its_process_is_gone():
@@ -200,7 +203,7 @@ class FakeLauncher:
         self.sweep_dir, self.raise_above = sweep_dir, raise_above
         self.launched: list[tuple[int, list[str]]] = []
         self.on_launch = on_launch  # called with the launch's overrides before the jobs "run"
-        type(self).__name__ = name
+        self.__class__ = type(name, (FakeLauncher,), {})  # the sweeper tells launchers by class name
 
     def launch(self, job_overrides, initial_job_idx):
         if self.on_launch is not None:
@@ -228,15 +231,16 @@ class FakeLauncher:
 
 
 def make_sweeper(tmp_path, n_trials=4, n_jobs=1, params="interval(0, 1)", launcher=None, overrides=(),
-                 max_failure_rate=0.0, device_type="auto", seed=0, storage=None, **settings):
+                 max_failure_rate=0.0, device_type="auto", seed=0, storage=None, max_retries=1,
+                 batch_barrier=False, **settings):
     tmp_path.mkdir(parents=True, exist_ok=True)
     sweep_dir = tmp_path / f"sweep{len(list(tmp_path.glob('sweep*')))}"
     sweep_dir.mkdir()
     sweeper = StudySweeper(
         pruner=optuna.pruners.NopPruner(), sampler=optuna.samplers.RandomSampler(seed=seed),
         direction="minimize", storage=storage, study_name="unit", n_trials=n_trials, n_jobs=n_jobs,
-        max_failure_rate=max_failure_rate, custom_search_space=None,
-        params=OmegaConf.create({"x": params}), **settings,
+        max_failure_rate=max_failure_rate, custom_search_space=None, max_retries=max_retries,
+        batch_barrier=batch_barrier, params=OmegaConf.create({"x": params}), **settings,
     )
     sweeper.poll_s = 0.02
     sweeper.config = OmegaConf.create({
@@ -362,8 +366,10 @@ def test_parallel_trials_get_distinct_gpus_round_robin(tmp_path, monkeypatch):
     sweeper = make_sweeper(tmp_path, n_trials=4, n_jobs=3)
     sweeper.launcher = FakeLauncher(Path(sweeper.sweep_dir), name="JoblibLauncher")
     sweeper.sweep([])
-    devices = [[o for o in ov if o.startswith("device.index=")] for _, ov in sweeper.launcher.launched]
-    assert devices == [["device.index=0"], ["device.index=1"], ["device.index=0"], ["device.index=0"]]
+    devices = [[o for o in ov if o.startswith("device.index=")] for _, ov in sorted(sweeper.launcher.launched)]
+    assert all(len(d) == 1 for d in devices) and len(devices) == 4
+    # trials 0-2 start together: two GPUs, then the least used; trial 3 gets one of the freed ones
+    assert [d[0] for d in devices[:3]] == ["device.index=0", "device.index=1", "device.index=0"]
     assert json.loads((Path(sweeper.sweep_dir) / "study.json").read_text())["parallel_jobs"] == 3
 
     for name, kwargs in (("cpu", {"device_type": "cpu"}), ("pinned", {"overrides": ["device.index=1"]})):

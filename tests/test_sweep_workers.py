@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+from pathlib import Path
 
 import optuna
 import pytest
@@ -20,16 +21,15 @@ WAIT_S = 60  # upper bound for an event that must come (a failing test, not a ha
 
 
 def test_two_workers_on_one_study_never_overshoot_and_wait_for_each_other(tmp_path):
-    a_launched, b_done_launching = threading.Event(), threading.Event()
+    a_launched, b_done_launching = threading.Semaphore(0), threading.Event()
     states_at_exit = {}
 
-    def a_waits_for_b(_):
-        if not a_launched.is_set():
-            a_launched.set()
-            assert b_done_launching.wait(WAIT_S)
+    def a_waits_for_b(_):  # each of a's jobs runs until b has launched its own
+        a_launched.release()
+        assert b_done_launching.wait(WAIT_S)
 
     a = make_sweeper(tmp_path, n_trials=3, n_jobs=2)
-    a.launcher.on_launch = a_waits_for_b
+    a.launcher = FakeLauncher(Path(a.sweep_dir), name="JoblibLauncher", on_launch=a_waits_for_b)
     b = make_sweeper(tmp_path, n_trials=3, n_jobs=2)
     b.launcher.on_launch = lambda _: b_done_launching.set()
     errors = []
@@ -44,7 +44,8 @@ def test_two_workers_on_one_study_never_overshoot_and_wait_for_each_other(tmp_pa
 
     thread_a = threading.Thread(target=run, args=(a, "a"))
     thread_a.start()
-    assert a_launched.wait(WAIT_S)  # a's 2 trials are RUNNING: b may ask only 1
+    assert a_launched.acquire(timeout=WAIT_S) and a_launched.acquire(timeout=WAIT_S)  # a's 2 trials
+    # are RUNNING: b may ask only 1
     thread_b = threading.Thread(target=run, args=(b, "b"))
     thread_b.start()
     thread_a.join(WAIT_S)
@@ -203,6 +204,9 @@ def test_resuming_a_study_with_another_direction_is_refused_in_one_paragraph(tmp
     ("max_failure_rate", -0.1, "hydra.sweeper.max_failure_rate"),
     ("heartbeat_interval", 0, "hydra.sweeper.heartbeat_interval"),
     ("grace_period", -1, "hydra.sweeper.grace_period"),
+    ("max_retries", -1, "hydra.sweeper.max_retries"),
+    ("max_retries", 1.5, "hydra.sweeper.max_retries"),
+    ("batch_barrier", "sometimes", "hydra.sweeper.batch_barrier"),
     ("storage", "notaurl", "hydra.sweeper.storage"),
     ("storage", "postgresql://nohost/db", "hydra.sweeper.storage"),
     ("storage", "sqlite:////proc/no/such/dir/x.db", "hydra.sweeper.storage"),

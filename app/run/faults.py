@@ -8,6 +8,10 @@ it costs nothing on the training path but a wrapper around the training batches.
                                          after half of the temp file is on disk
 
 Counts start at 1 in each process, so the same setting kills at the same point every time.
+
+    APP_TEST_KILL_TRIAL_ID=I             with one of the above: only in the job of the Optuna trial
+                                         whose storage id is I (its APP_OPTUNA_TRIAL_ID); counts
+                                         start at that job's first batch, epoch or write
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import signal
 from typing import Any, BinaryIO, Iterator
 
 ENV = "APP_TEST_KILL_AT"
+TRIAL_ENV = "APP_TEST_KILL_TRIAL_ID"
 POINTS = ("batch", "epoch_start", "checkpoint_write")
 
 
@@ -30,11 +35,14 @@ def _parse(text: str | None) -> tuple[str, int] | None:
 
 
 KILL_AT = _parse(os.environ.get(ENV))
+ONLY_TRIAL = os.environ.get(TRIAL_ENV) or None
 _seen = {point: 0 for point in POINTS}
 
 
 def _reached(point: str) -> bool:
     if KILL_AT is None or KILL_AT[0] != point:
+        return False
+    if ONLY_TRIAL is not None and os.environ.get("APP_OPTUNA_TRIAL_ID") != ONLY_TRIAL:
         return False
     _seen[point] += 1
     return _seen[point] == KILL_AT[1]

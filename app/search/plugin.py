@@ -22,7 +22,13 @@ class AppOptunaSweeperConf(plugin_config.OptunaSweeperConf):
     _target_: str = "app.search.plugin.AppOptunaSweeper"
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: Any = MISSING  # an option of hydra/sweeper/pruner
-    n_jobs: int = 1  # trials launched at once (run in parallel with hydra/launcher=joblib)
+    n_jobs: int = 1  # trials running at once (in parallel with hydra/launcher=joblib or another launcher)
+    # A trial whose worker process died (SIGKILL, the out-of-memory killer) is run again with the
+    # same parameters up to this many times (0: never); until then it does not count as finished.
+    max_retries: int = 1
+    # true: start the next n_jobs trials only once all running ones have ended (the plugin's
+    # batches); false: refill each free slot at once.
+    batch_barrier: bool = False
     # Liveness of trials when several sweep processes (workers) share a study: seconds between
     # heartbeats of a running trial (null: off; then only trials of dead processes on this host
     # are recovered), and how old a heartbeat may get before any worker fails the trial and runs

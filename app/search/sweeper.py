@@ -20,7 +20,13 @@ plugin's search-space parsing, trial configuration and launcher, and changes the
   owned by a process that is gone) are marked FAIL with user attribute `interrupted`, do not
   count as finished, and are retried with the same parameters. A trial whose job had finished
   when the sweeper died is told from its summary.json instead.
-- With a parallel launcher and several GPUs, trials of a batch get `device.index` round-robin.
+- No batch barrier: `n_jobs` trials run at once and a slot freed by a trial that finished, was
+  pruned or failed gets the next trial at once. With the joblib launcher the jobs run in worker
+  processes that the sweep owns (app/search/pool.py); a worker that dies (SIGKILL, the OOM killer)
+  fails only its trial, with the reason, and the trial is run again with the same parameters up to
+  `max_retries` times. Any other launcher gets one `launch([job])` per free slot, from a thread.
+- With a parallel launcher and several GPUs, a starting trial gets a `device.index` that no
+  running trial uses (round-robin).
 """
 from __future__ import annotations
 
@@ -34,9 +40,11 @@ import sqlite3
 import sys
 import time
 import warnings
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
@@ -50,6 +58,7 @@ from app.run.record import Status, Summary
 from app.search.internals import stale_trial_ids
 from app.search.internals import storage as storage_of
 from app.search.internals import trial_id
+from app.search.pool import InlineRunner, JobExited, ThreadRunner, WorkerDied, WorkerPool
 from app.search.study import (
     TRIAL_ENV,
     StudyFile,
@@ -182,12 +191,22 @@ def age_s(trial: optuna.trial.FrozenTrial) -> float:
     return (datetime.datetime.now() - trial.datetime_start).total_seconds()
 
 
-def gpu_assignments(batch_size: int, gpu_count: int) -> list[int | None]:
-    """The CUDA device index for each trial of a batch that runs at once: round-robin over
-    the GPUs, so K <= gpu_count concurrent trials get K distinct GPUs; None with < 2 GPUs."""
+def pick_gpu(in_use: Sequence[int], gpu_count: int) -> int | None:
+    """The CUDA device index for a trial that starts while trials on `in_use` run: the lowest
+    index no running trial uses (the least used one when every GPU has a trial); None with < 2
+    GPUs."""
     if gpu_count < 2:
-        return [None] * batch_size
-    return [position % gpu_count for position in range(batch_size)]
+        return None
+    return min(range(gpu_count), key=lambda index: (list(in_use).count(index), index))
+
+
+def _joblib_launcher_class() -> type | tuple:
+    """Hydra's joblib launcher class (an empty tuple, matching nothing, when it is not installed)."""
+    try:
+        from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+    except ImportError:
+        return ()
+    return JoblibLauncher
 
 
 class StudySweeper(OptunaSweeperImpl):
@@ -197,13 +216,15 @@ class StudySweeper(OptunaSweeperImpl):
 
     def __init__(self, sampler: Any, pruner: Any = None, custom_search_space: str | None = None,
                  heartbeat_interval: int | None = 30, grace_period: int | None = None,
-                 max_failure_rate: float = 0.0, **plugin_kwargs: Any) -> None:
+                 max_failure_rate: float = 0.0, *, max_retries: int, batch_barrier: bool,
+                 **plugin_kwargs: Any) -> None:
         # the plugin asserts 0 <= max_failure_rate <= 1: checked in sweep() instead, as a ConfigError
         super().__init__(sampler=sampler, custom_search_space=None, max_failure_rate=0.0, **plugin_kwargs)
         self.max_failure_rate = max_failure_rate
         self.pruner = pruner
         self.custom_search_space = custom_search_space
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.max_retries, self.batch_barrier = max_retries, batch_barrier
         self.poll_s: float | None = None  # waiting for other workers' trials: None -> from the heartbeat
         if self.n_jobs < 1:
             raise ConfigError("hydra.sweeper.n_jobs", self.n_jobs, "an integer >= 1")
@@ -233,6 +254,13 @@ class StudySweeper(OptunaSweeperImpl):
                                   "null turns heartbeats off" if key == "heartbeat_interval"
                                   else "null means 2 x heartbeat_interval")
 
+    def _check_loop_settings(self) -> None:
+        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
+            raise ConfigError("hydra.sweeper.max_retries", self.max_retries, "a whole number >= 0",
+                              "How often a trial whose worker process died is run again (0: never)")
+        if not isinstance(self.batch_barrier, bool):
+            raise ConfigError("hydra.sweeper.batch_barrier", self.batch_barrier, "true or false")
+
     def _build(self, node: Any, key: str, **kwargs: Any) -> Any:
         """An object from a config node of the sweeper (anything else is returned as it is)."""
         if not isinstance(node, (DictConfig, dict)):
@@ -257,6 +285,7 @@ class StudySweeper(OptunaSweeperImpl):
 
     def _sweep(self, arguments: list[str]) -> None:
         self._check_settings()
+        self._check_loop_settings()
         self._build_plugin_objects()
         space, fixed, fixed_overrides, is_grid = self._search_space(arguments)
         direction = str(self._get_directions()[0]).lower()
@@ -292,54 +321,146 @@ class StudySweeper(OptunaSweeperImpl):
                  "; resuming" if finished else "")
 
         planned = max(0, self.n_trials - finished)
-        failed: list[JobReturn] = []
-        waiting_for: int | None = None
-        while True:
-            study = self._open()
-            self._recover(study)
-            known = study.get_trials(deepcopy=False)
-            to_go = self.n_trials - sum(is_finished(t) for t in known)
-            if to_go <= 0:
-                break
-            running = sum(t.state == TrialState.RUNNING for t in known)  # other workers' (ours are told)
-            free = to_go - running
-            if free <= 0:  # the rest is running elsewhere: wait for it to finish (or go stale)
-                if waiting_for != running:
-                    log.info("Waiting for %d trials of other workers (%d to finish)", running, to_go)
-                    waiting_for = running
-                time.sleep(self._poll_interval())
-                continue
-            waiting_for = None
-            trials = self._ask(study, min(free, self.n_jobs))
-            if not trials:
-                continue
-            overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
-            jobs = [
-                (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial_id(trial)}",
-                 *([f"device.index={gpu}"] if gpu is not None else []))
-                for trial, job, gpu in zip(trials, overrides, gpu_assignments(len(trials), gpus))
-            ]
-            heartbeat = self._beat_for(study, trials)
-            try:
-                returns = self._launch(trials, jobs)
-            except BaseException as error:
-                self._abandon(trials, error)
-                raise
-            finally:
-                if heartbeat is not None:
-                    heartbeat.stop()
-            told = self._open()
-            for trial, ret in zip(trials, returns):
-                outcome = self._tell(told, trial, ret)
-                if outcome is not None and outcome.state == TrialState.FAIL:
-                    failed.append(ret)
-            if failed and len(failed) > self.max_failure_rate * planned:
-                log.error("%d trials failed, more than max_failure_rate=%s of the %d this sweep set out "
-                          "to run: stopping", len(failed), self.max_failure_rate, planned)
-                for ret in failed:
-                    ret.return_value  # raises the job's own error, with its traceback
-                raise RuntimeError(f"{len(failed)} trials failed; see their run dirs")
+        runner = self._runner(parallel)
+        try:
+            self._run_trials(runner, space, fixed, fixed_overrides, gpus, planned)
+        finally:
+            runner.close()
         self._write_results(self._open())
+
+    def _run_trials(self, runner, space: dict, fixed: dict, fixed_overrides: list[str], gpus: int,
+                    planned: int) -> None:
+        """Keep `runner.slots` trials running until `n_trials` have finished: whenever a slot is
+        free (a trial finished, was pruned or failed), tell its outcome and ask the next trial at
+        once, so the sampler sees every result as soon as it exists. With `batch_barrier` a new
+        batch starts only when the whole previous batch has ended (the plugin's loop)."""
+        running: dict[Future, Any] = {}  # job -> its trial
+        devices: dict[int, int | None] = {}  # trial number -> device.index of its job
+        failed: list[JobReturn | BaseException] = []
+        waiting_for, stopping, starting = None, False, None
+        heartbeat = self._beat_for(lambda: [trial_id(t) for t in list(running.values())])
+        try:
+            while True:
+                study = self._open()
+                self._recover(study)
+                known = study.get_trials(deepcopy=False)
+                to_go = self.n_trials - sum(is_finished(t) for t in known)
+                if to_go <= 0 and not running:
+                    break
+                busy = sum(t.state == TrialState.RUNNING for t in known)  # any worker's, ours too
+                free = min(to_go - busy, runner.slots - len(running))
+                if stopping or (self.batch_barrier and running):
+                    free = 0
+                if free > 0:
+                    waiting_for = None
+                    trials = self._ask(study, free)
+                    overrides = self._configure_trials(trials, space, fixed, fixed_overrides) if trials else []
+                    for trial, job in zip(trials, overrides):
+                        gpu = pick_gpu([d for d in devices.values() if d is not None], gpus)
+                        job = (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial_id(trial)}",
+                               *([f"device.index={gpu}"] if gpu is not None else []))
+                        devices[trial.number], starting = gpu, trial
+                        running[runner.start(job, trial.number)] = trial
+                        starting = None
+                        self.job_idx = max(self.job_idx or 0, trial.number + 1)
+                    continue
+                if not running:
+                    if stopping:
+                        break
+                    if waiting_for != busy:  # the rest is running elsewhere: wait for it (or its heartbeat)
+                        log.info("Waiting for %d trials of other workers (%d to finish)", busy, to_go)
+                        waiting_for = busy
+                    time.sleep(self._poll_interval())
+                    continue
+                done, _ = futures_wait(running, timeout=self._poll_interval(), return_when=FIRST_COMPLETED)
+                told = self._open() if done else None
+                for future in done:
+                    trial = running.pop(future)
+                    devices.pop(trial.number, None)
+                    outcome, failure = self._tell_job(told, trial, future)
+                    if outcome is not None and outcome.state == TrialState.FAIL and failure is not None:
+                        failed.append(failure)
+                if failed and len(failed) > self.max_failure_rate * planned and not stopping:
+                    stopping = True
+                    log.error("%d trials failed, more than max_failure_rate=%s of the %d this sweep set out "
+                              "to run: stopping%s", len(failed), self.max_failure_rate, planned,
+                              f" once the {len(running)} running trials end" if running else "")
+        except BaseException as error:
+            self._abandon([*running.values(), *([starting] if starting is not None else [])], error)
+            if isinstance(error, JobExited):
+                sys.exit(error.code)
+            raise
+        finally:
+            if heartbeat is not None:
+                heartbeat.stop()
+        if stopping:
+            for failure in failed:
+                if isinstance(failure, JobReturn):
+                    failure.return_value  # raises the job's own error, with its traceback
+            raise RuntimeError(f"{len(failed)} trials failed; see their run dirs")
+
+    def _runner(self, parallel: int):
+        """Where jobs run: the sweep's own worker processes for the joblib launcher, a thread per
+        job for any other launcher, this process for the basic launcher (pool.py)."""
+        if parallel < 2:
+            return InlineRunner(self.launcher)
+        if isinstance(self.launcher, _joblib_launcher_class()):
+            limit = self.launcher.joblib.get("n_jobs")
+            slots = min(parallel, limit) if isinstance(limit, int) and limit > 0 else parallel
+            log.info("Running up to %d trials at once in worker processes of this sweep", slots)
+            return WorkerPool(self.launcher, slots)
+        return ThreadRunner(self.launcher, parallel)
+
+    def _tell_job(self, study, trial, future: Future) -> tuple[Outcome | None, JobReturn | BaseException | None]:
+        """Tell the outcome of a job that ended: its JobReturn, or the death of the worker process
+        that ran it (FAIL with the reason; retried with the same parameters up to max_retries
+        times, and until then not counted as finished). Returns the outcome told (None if the trial
+        had been settled elsewhere) and what to report if the sweep stops for too many failures."""
+        error = future.exception()
+        if error is None:
+            ret = future.result()
+            return self._tell(study, trial, ret), ret
+        if isinstance(error, (KeyboardInterrupt, SystemExit, JobExited)):
+            raise error
+        if isinstance(error, WorkerDied):
+            reason = error.reason
+        else:  # the launcher itself raised for this job
+            reason = f"its launcher failed: {type(error).__name__}: {error}"
+        storage = storage_of(study)
+        frozen = storage.get_trial(trial_id(trial))
+        if frozen.state != TrialState.RUNNING:
+            log.warning("Trial %d: %s, but another worker had failed it as stale meanwhile", trial.number, reason)
+            return None, None
+        deaths = self._deaths_before(study, frozen)
+        retry = isinstance(error, WorkerDied) and deaths < self.max_retries
+        outcome = Outcome(TrialState.FAIL, None, Status.FAILED, reason, interrupted=retry)
+        run_dir = frozen.user_attrs.get("run_dir")
+        if run_dir and Path(run_dir).is_dir():
+            Summary(Status.FAILED, error=reason, interrupted=retry).write(run_dir)
+        self._record(storage, trial_id(trial), outcome, run_dir)
+        if isinstance(error, WorkerDied):
+            storage.set_trial_user_attr(trial_id(trial), "worker_died", True)
+        self._finish(study, trial.number, outcome)
+        if retry:
+            log.warning("Trial %d: FAIL (%s); it will be run again with the same parameters (retry %d of %d)",
+                        trial.number, reason, deaths + 1, self.max_retries)
+            return outcome, None
+        log.warning("Trial %d: FAIL (%s)%s", trial.number, reason,
+                    f"; not retried: hydra.sweeper.max_retries={self.max_retries} reached"
+                    if isinstance(error, WorkerDied) else "")
+        return outcome, error
+
+    @staticmethod
+    def _deaths_before(study, trial: optuna.trial.FrozenTrial) -> int:
+        """How many earlier runs of these parameters (the chain of `retry_of`) died with their worker."""
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        deaths, current = 0, trial
+        while current.user_attrs.get("retry_of") is not None:
+            current = by_number.get(current.user_attrs["retry_of"])
+            if current is None:
+                break
+            deaths += bool(current.user_attrs.get("worker_died"))
+        return deaths
 
     # ------------------------------------------------------------------ several workers
     def _poll_interval(self) -> float:
@@ -419,13 +540,18 @@ class StudySweeper(OptunaSweeperImpl):
                      trial.number, self.n_trials)
         return kept
 
-    def _beat_for(self, study, trials: list) -> Heartbeat | None:
-        """While a batch is launched, this worker keeps its trials' heartbeats (a trial waiting for
-        its turn, or finished and not yet told); the job running a trial beats too (trial.py)."""
+    def _beat_for(self, trial_ids: Callable[[], list[int]]) -> Heartbeat | None:
+        """While trials run, this worker keeps their heartbeats (`trial_ids()`: the trials running
+        now); the job running a trial beats too (trial.py), this covers its start and its end."""
         if not self._heartbeat:
             return None
-        storage, ids = self._make_storage(), [trial_id(t) for t in trials]  # its own connection
-        return Heartbeat(lambda: [storage.record_heartbeat(i) for i in ids], self._heartbeat).start()
+        storage = self._make_storage()  # its own connection
+
+        def beat() -> None:
+            for ident in trial_ids():
+                storage.record_heartbeat(ident)
+
+        return Heartbeat(beat, self._heartbeat).start()
 
     # ------------------------------------------------------------------ pieces of the loop
     def _search_space(self, arguments: list[str]) -> tuple[dict, dict, list[str], bool]:
@@ -547,17 +673,6 @@ class StudySweeper(OptunaSweeperImpl):
 
         return torch.cuda.device_count()
 
-    def _launch(self, trials: list, jobs: list[Sequence[str]]) -> list[JobReturn]:
-        """Run directories are named after trial numbers: launch consecutive numbers together
-        (the launcher numbers jobs from initial_job_idx), others one at a time."""
-        numbers = [t.number for t in trials]
-        if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
-            returns = list(self.launcher.launch(jobs, initial_job_idx=numbers[0]))
-        else:
-            returns = [r for n, job in zip(numbers, jobs) for r in self.launcher.launch([job], initial_job_idx=n)]
-        self.job_idx = numbers[-1] + 1
-        return returns
-
     @staticmethod
     def _record(storage, trial_id: int, outcome: Outcome, run_dir: Any) -> None:
         attrs = {"status": outcome.status, "reason": outcome.reason[:500], "epochs_run": outcome.epochs_run}
@@ -604,7 +719,7 @@ class StudySweeper(OptunaSweeperImpl):
                 continue
             run_dir = frozen.user_attrs.get("run_dir")
             summary = Summary.read(run_dir)
-            if isinstance(error, SystemExit) and summary is not None and summary.status == Status.FAILED:
+            if isinstance(error, (SystemExit, JobExited)) and summary is not None and summary.status == Status.FAILED:
                 outcome = outcome_from_summary(summary)
             else:
                 outcome = Outcome(TrialState.FAIL, None, Status.FAILED,
