@@ -120,7 +120,7 @@ def test_parallel_trials_with_joblib_and_several_seeds(run_app, tmp_path):
     proc = run_app(*SEARCH, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2",
                    "hydra/sweeper/pruner=median", "optimizer.lr=tag(log,interval(1e-3,1e-2))",
                    "seeds=[1,2]", *FAST, check=True)
-    assert "Joblib.Parallel" in proc.stdout + proc.stderr
+    assert "Running up to 2 trials at once in worker processes" in proc.stdout + proc.stderr
     trials = load(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert len({t.user_attrs["run_dir"] for t in trials}) == 2
