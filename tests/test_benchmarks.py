@@ -54,3 +54,14 @@ def test_benchmark_script_runs_and_ends_with_its_ratio(script):
     lines = proc.stdout.strip().splitlines()
     assert lines[-1].startswith("ratio=") and " target=" in lines[-1]
     assert any(line.startswith("| ") for line in lines)  # the table
+
+
+def test_async_sweep_benchmark_runs_and_ends_with_its_ratio():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "async_sweep.py"), "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("ratio=") and lines[-1].endswith(" target=1.3")
+    rows = [line for line in lines if line.startswith("| 2 |")]
+    assert [row.split(" | ")[1] for row in rows] == ["barrier", "no barrier"]

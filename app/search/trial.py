@@ -166,9 +166,10 @@ def current_trial(trusted_modules: Iterable[str] = ()) -> OptunaTrial | None:
 
 
 def share_cpu_threads(parallel_jobs: int) -> None:
-    """K processes each using every core slow each other down: give each cores // K threads."""
+    """K processes each using every core slow each other down: give each cores // K threads (never
+    more than the process was given, e.g. by OMP_NUM_THREADS)."""
     import torch
 
-    threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+    threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // parallel_jobs))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
