@@ -12,6 +12,7 @@ and the report are left out). The ratio is the median over repeats of (no barrie
 (barrier's trials/min) at the largest N. The table also shows the best value each sweep found.
 
     python benchmarks/async_sweep.py                     # 32 trials, N = 2 and 4, 2 repeats, CPU
+    python benchmarks/async_sweep.py --epochs 20         # shorter trials (a busy machine)
     python benchmarks/async_sweep.py --quick             # checks the script runs; numbers mean nothing
 """
 from __future__ import annotations
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--jobs", default="2,4", help="hydra.sweeper.n_jobs values; the ratio is the last's")
     parser.add_argument("--repeats", type=int, default=2, help="sweeps per variant and N (median)")
     parser.add_argument("--device", default="cpu", help="device.type of the trials")
+    parser.add_argument("--epochs", type=int, default=None, help="trainer.epochs of each trial (default: "
+                        "the config's); fewer keeps a run on a busy machine short")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each worker (1: the "
                         "comparison suffers least from other load on a shared machine)")
     parser.add_argument("--quick", action="store_true", help="4 trials of 4 epochs, N=2, 1 repeat: checks "
@@ -74,9 +77,12 @@ def main() -> None:
     jobs = [int(n) for n in args.jobs.split(",")]
     extra = [f"device={args.device}"]
     trials, repeats = args.trials, args.repeats
+    epochs = args.epochs
     if args.quick:
-        trials, repeats, jobs = 4, 1, [2]
-        extra += ["trainer.epochs=4", "data.n_samples=400"]
+        trials, repeats, jobs, epochs = 4, 1, [2], 4
+        extra.append("data.n_samples=400")
+    if epochs:
+        extra.append(f"trainer.epochs={epochs}")
     samples: dict[tuple[int, str], list[dict]] = {(n, v): [] for n in jobs for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
@@ -98,7 +104,7 @@ def main() -> None:
     machine = (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, device={args.device}, "
                f"{args.threads} thread(s) per worker")
     print(f"Optuna sweep of the default task (regression_optuna, TPE seed 42, median pruner), {trials} "
-          f"trials, {repeats} repeat(s); {machine}; {datetime.date.today().isoformat()}\n")
+          f"trials of {epochs or "the config's"} epochs, {repeats} repeat(s); {machine}; {datetime.date.today().isoformat()}\n")
     print("| n_jobs | loop | trials/min (median) | pruned | epochs trained | best val_loss | sweep wall time (s) |")
     print("|---|---|---|---|---|---|---|")
     for (n, variant), runs in samples.items():
