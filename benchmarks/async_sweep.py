@@ -104,7 +104,7 @@ def main() -> None:
     machine = (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, device={args.device}, "
                f"{args.threads} thread(s) per worker")
     print(f"Optuna sweep of the default task (regression_optuna, TPE seed 42, median pruner), {trials} "
-          f"trials of {epochs or "the config's"} epochs, {repeats} repeat(s); {machine}; {datetime.date.today().isoformat()}\n")
+          f"trials of {epochs or 'the configured'} epochs, {repeats} repeat(s); {machine}; {datetime.date.today().isoformat()}\n")
     print("| n_jobs | loop | trials/min (median) | pruned | epochs trained | best val_loss | sweep wall time (s) |")
     print("|---|---|---|---|---|---|---|")
     for (n, variant), runs in samples.items():
