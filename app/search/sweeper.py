@@ -338,7 +338,7 @@ class StudySweeper(OptunaSweeperImpl):
         devices: dict[int, int | None] = {}  # trial number -> device.index of its job
         failed: list[JobReturn | BaseException] = []
         waiting_for, stopping, starting = None, False, None
-        heartbeat = self._beat_for(lambda: [trial_id(t) for t in list(running.values())])
+        heartbeat = self._beat_for(lambda: [trial_id(t) for t in [*list(running.values()), starting] if t is not None])
         try:
             while True:
                 study = self._open()
@@ -375,9 +375,10 @@ class StudySweeper(OptunaSweeperImpl):
                 done, _ = futures_wait(running, timeout=self._poll_interval(), return_when=FIRST_COMPLETED)
                 told = self._open() if done else None
                 for future in done:
-                    trial = running.pop(future)
-                    devices.pop(trial.number, None)
+                    trial = running[future]
                     outcome, failure = self._tell_job(told, trial, future)
+                    del running[future]  # (after telling: a job that stops the sweep is abandoned with the rest)
+                    devices.pop(trial.number, None)
                     if outcome is not None and outcome.state == TrialState.FAIL and failure is not None:
                         failed.append(failure)
                 if failed and len(failed) > self.max_failure_rate * planned and not stopping:
