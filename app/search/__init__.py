@@ -6,7 +6,10 @@ The pieces, in the order a sweep meets them:
   `plugin` module, which Hydra finds through an entry point and imports at every start).
 - `sweeper.StudySweeper`: hydra-optuna-sweeper's ask -> launch -> tell loop, extended: studies
   stored in SQLite by default and resumed, trials told COMPLETE / PRUNED / FAIL from what the
-  job's run dir says, interrupted trials recovered and retried, GPUs assigned round-robin.
+  job's run dir says, interrupted trials recovered and retried, GPUs assigned round-robin; no
+  batch barrier: a free slot gets the next trial at once.
+- `pool`: where the jobs run: the sweep's own worker processes for the joblib launcher (a dead
+  worker fails only its trial), a thread per job for other launchers, in-process for the basic one.
 - `study`: the study's file (`<sweep dir>/study.json`), storage URLs, SQLite set-up, the states.
 - `trial.OptunaTrial`: the job's side: it finds its trial, reports the monitored metric every
   validated epoch and asks the pruner (through `app.callbacks.Pruning`).

@@ -125,7 +125,9 @@ class WorkerPool:
 
     def _new_worker(self) -> "_Worker":
         parent, child = self._spawn.Pipe()
-        process = self._spawn.Process(target=worker_main, args=(child, self._context), daemon=True,
+        # not daemonic: a job may start processes of its own (data loader workers); the sweep
+        # closes the pool on every way out, and a worker whose sweep died ends at its pipe's EOF
+        process = self._spawn.Process(target=worker_main, args=(child, self._context), daemon=False,
                                       name="sweep-worker")
         process.start()
         child.close()
