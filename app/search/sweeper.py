@@ -133,7 +133,8 @@ def outcome_from_summary(summary: Summary | None, return_value: Any = None, obje
         try:
             values = _floats(return_value, objectives)
         except ValueError as error:
-            state, reason = TrialState.FAIL, f"{error} (trainer.monitor names {objectives} metrics?)"
+            state, reason = TrialState.FAIL, (f"{error}: the study has {objectives} objective"
+                                              f"{'s' if objectives > 1 else ''}, one per metric of trainer.monitor")
         else:
             if not all(math.isfinite(v) for v in values):
                 state, reason, values = TrialState.FAIL, f"non-finite objective {return_value} for status {status}", None
