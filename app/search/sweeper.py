@@ -302,8 +302,20 @@ class StudySweeper(OptunaSweeperImpl):
         """An object from a config node of the sweeper (anything else is returned as it is)."""
         if not isinstance(node, (DictConfig, dict)):
             return node
+        from hydra.errors import InstantiationException
+
         trusted = [*(self.config.get("trusted_modules", None) or []), "hydra_plugins.hydra_optuna_sweeper"]
-        return targets.instantiate(node, key, trusted, **kwargs)
+        try:
+            return targets.instantiate(node, key, trusted, **kwargs)
+        except (InstantiationException, ValueError, TypeError) as error:  # an unknown class, a wrong
+            # setting, a removed sampler (its factory raises ValueError, which Hydra passes on as it is)
+            cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+            group = key.replace("hydra.sweeper.", "hydra/sweeper/")
+            raise ConfigError(
+                key, node.get("_target_"),
+                f"an option of {group} (e.g. {group}={'tpe' if key.endswith('sampler') else 'median'}) with the "
+                "settings its class takes, or a `_target_` naming an Optuna class",
+                f"It cannot be built: {' '.join(str(cause).split())}") from None
 
     def _build_plugin_objects(self) -> None:
         self.sampler = self._build(self.sampler, "hydra.sweeper.sampler")
