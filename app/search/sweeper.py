@@ -533,15 +533,15 @@ class StudySweeper(OptunaSweeperImpl):
                         "range(start, stop[, step]) with at least one value, or choice(a, b, ...)",
                         str(error)) from None
             raise
+        for name in fixed:  # a plain value on the command line takes a parameter out of the search
+            space.pop(name, None)
         is_grid = (isinstance(self.sampler, functools.partial)
                    and self.sampler.func == optuna.samplers.GridSampler)
-        if is_grid:
+        if is_grid:  # the grid spans the parameters still searched (the plugin's spans fixed ones too)
             grid = {name: self._to_grid_sampler_choices(d) for name, d in space.items()}
             self.sampler = self.sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
             log.info("Grid sampler: n_trials = %d (the grid's size, at most)", self.n_trials)
-        for name in fixed:
-            space.pop(name, None)
         return space, fixed, fixed_overrides, is_grid
 
     def _open(self):
