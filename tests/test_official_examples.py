@@ -192,8 +192,9 @@ def test_the_grid_spans_only_the_parameters_still_searched(tmp_path):
     import functools
 
     sweeper = make_sweeper(tmp_path, n_trials=20)
-    sweeper.params = OmegaConf.create({"x": "choice(1, 2, 3)", "y": "range(0, 4)"})
+    sweeper.params = OmegaConf.create({"x": "choice(0.1, 0.2, 0.3)", "y": "range(0, 4)"})
     sweeper.sampler = functools.partial(optuna.samplers.GridSampler, seed=0)
-    space, fixed, _, is_grid = sweeper._search_space(["y=5"])  # y fixed on the command line
-    assert is_grid and list(space) == ["x"] and fixed == {"y": "5"}
-    assert sweeper.n_trials == 3 and sweeper.sampler._search_space == {"x": [1, 2, 3]}
+    sweeper.sweep(["y=5"])  # y fixed on the command line: a grid of x alone, each point once
+    trials = optuna.load_study(study_name="unit", storage=f"sqlite:///{tmp_path}/outputs/studies/unit.db").trials
+    assert sorted(t.params["x"] for t in trials) == [0.1, 0.2, 0.3]
+    assert all(set(t.params) == {"x"} and t.user_attrs["y"] == "5" for t in trials)
