@@ -205,6 +205,23 @@ def test_a_direction_against_its_metric_is_kept_with_one_warning(tmp_path, caplo
     assert [d.name for d in stored_study(tmp_path).directions] == ["MINIMIZE", "MINIMIZE"]
 
 
+@pytest.mark.parametrize("mode, direction, warned", [
+    ("max", "maximize", False),  # trainer.mode=max warns in each run; the study agrees with it
+    ("min", "maximize", True),  # the study and the run's best disagree
+    ("auto", "maximize", True),  # against val_loss's own direction
+    ("auto", "minimize", False),
+])
+def test_the_first_direction_is_compared_with_an_explicit_trainer_mode(tmp_path, caplog, mode, direction, warned):
+    sweeper = two_objective_sweeper(tmp_path, monitor=("val_loss",), direction=(direction,), n_trials=1)
+    sweeper.config.trainer.mode = mode
+    with caplog.at_level(logging.WARNING):
+        sweeper.sweep([])
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hydra.sweeper.direction=")]
+    assert len(warnings) == warned
+    if warned and mode == "min":
+        assert "trainer.mode=min keeps the lowest as best" in warnings[0]
+
+
 @pytest.mark.parametrize("first, second, differs", [
     ({"monitor": ("val_loss", "val_mae")}, {"monitor": ("val_loss", "val_accuracy"),
                                             "direction": ("minimize", "maximize")}, "direction"),

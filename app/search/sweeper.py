@@ -293,6 +293,13 @@ class StudySweeper(OptunaSweeperImpl):
         for position, (name, direction) in enumerate(zip(names, directions)):
             key = f"hydra.sweeper.direction={direction}" if len(names) == 1 else \
                 f"hydra.sweeper.direction[{position}]={direction}"
+            mode = str(trainer.get("mode", "auto"))
+            if position == 0 and mode in ("min", "max"):  # an explicit trainer.mode warns in each run
+                if direction[:3] != mode:
+                    log.warning("%s optimises the %s %s, though trainer.mode=%s keeps the %s as best (early "
+                                "stopping, best.pt)", key, "lowest" if direction == "minimize" else "highest",
+                                name, mode, "lowest" if mode == "min" else "highest")
+                continue
             warning = direction_warning(key, name, direction[:3])
             if warning is not None:
                 log.warning("%s (leave the direction out to follow the metric)", warning)
