@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from app.errors import ConfigError  # noqa: F401 - the app's one user-error type, raised by validate
 
@@ -36,7 +36,9 @@ class TrainerConf:
     batch_size: int = MISSING
     eval_batch_size: Optional[int] = MISSING  # None: 4 x batch_size (no gradients, so it fits)
     val_every: int = MISSING  # validate every N epochs, and always after the last one
-    monitor: str = MISSING  # the metric early stopping, best.pt and sweeps follow
+    monitor: Any = MISSING  # the metric early stopping, best.pt and sweeps follow; a list: several
+    #   objectives (multi-objective sweeps), the first drives early stopping and best.pt
+    objectives: Optional[List[str]] = MISSING  # derived: every metric of a list monitor (see resolve_mode)
     mode: str = MISSING  # auto | min | max: which direction of `monitor` is better (auto: the metric's own)
     log_every: int = MISSING  # log a metrics line every N epochs (0: never)
     progress_bar: bool = MISSING  # one-line epoch progress on an interactive terminal
@@ -286,36 +288,86 @@ def monitor_mode(monitor: str, mode: str) -> str:
 _warned: set[tuple[str, str]] = set()  # (monitor, mode) pairs already warned about in this process
 
 
-def resolve_mode(cfg: DictConfig) -> DictConfig:
-    """Replace `trainer.mode: auto` in `cfg` (in place) by min or max, before anything reads it
-    (early stopping's `${trainer.mode}`, checkpoints' best, the summary). An explicit mode
-    against the metric's natural direction is kept, with a one-line warning. Returns `cfg`."""
-    import logging
+def monitored(value: Any) -> list[str]:
+    """The metric names a `trainer.monitor` value names: one name, or a list of them (several
+    objectives). Refuses an empty list, repeated names and anything but names."""
+    names = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ConfigError("trainer.monitor", OmegaConf.to_container(value) if isinstance(value, ListConfig) else value,
+                          "a metric name (e.g. val_loss), or a list of distinct names for several objectives "
+                          "(e.g. '[val_loss,val_accuracy]'; the first drives early stopping and best.pt)")
+    return names
 
+
+def direction_warning(key: str, metric: str, mode: str) -> str | None:
+    """The one-line warning for keeping `mode` (min | max) for `metric` against its natural direction
+    (None when they agree or the metric's direction is unknown); `key` names the setting."""
     from app.train.tasks import metric_direction
 
+    natural = metric_direction(str(metric))
+    if natural is None or natural == mode:
+        return None
+    return (f"{key} keeps the {'lowest' if mode == 'min' else 'highest'} {metric} as best, though a "
+            f"{'lower' if natural == 'min' else 'higher'} {metric} is better")
+
+
+def resolve_mode(cfg: DictConfig) -> DictConfig:
+    """Resolve `trainer.monitor` and `trainer.mode` in `cfg` (in place), before anything reads
+    them (early stopping's `${trainer.monitor}` and `${trainer.mode}`, checkpoints' best, the
+    summary). A list monitor (several objectives) becomes its first metric, which drives early
+    stopping and best.pt, and `trainer.objectives` keeps the whole list; `auto` becomes min or
+    max, the first metric's direction. An explicit mode against the metric's natural direction
+    is kept, with a one-line warning. Returns `cfg`. Running it again changes nothing."""
+    import logging
+
+    names = monitored(cfg.trainer.monitor)
+    if len(names) > 1 or isinstance(cfg.trainer.monitor, ListConfig):
+        with open_dict(cfg):
+            cfg.trainer.monitor, cfg.trainer.objectives = names[0], names
     monitor, mode = cfg.trainer.monitor, cfg.trainer.mode
+    objectives = cfg.trainer.get("objectives")
+    if objectives is not None and (not objectives or objectives[0] != monitor):
+        raise ConfigError("trainer.objectives", OmegaConf.to_container(objectives), "null",
+                          "The app sets it from trainer.monitor: for several objectives, give trainer.monitor "
+                          "a list, e.g. 'trainer.monitor=[val_loss,val_accuracy]'")
     resolved = monitor_mode(monitor, mode)
-    natural = metric_direction(str(monitor))
-    if mode != "auto" and natural is not None and natural != mode and (monitor, mode) not in _warned:
+    warning = direction_warning(f"trainer.mode={mode}", monitor, mode) if mode != "auto" else None
+    if warning is not None and (monitor, mode) not in _warned:
         _warned.add((monitor, mode))
-        logging.getLogger("app").warning(
-            "trainer.mode=%s keeps the %s %s as best, though a %s %s is better (trainer.mode=auto follows the metric)",
-            mode, "lowest" if mode == "min" else "highest", monitor,
-            "lower" if natural == "min" else "higher", monitor)
+        logging.getLogger("app").warning("%s (trainer.mode=auto follows the metric)", warning)
     if resolved != mode:
         with open_dict(cfg):
             cfg.trainer.mode = resolved
     return cfg
 
 
-def sweep_direction(mode: str, monitor: str | None = None) -> str:
+def objective_names(cfg: DictConfig) -> list[str]:
+    """The metrics a run returns to a sweeper, in order: `trainer.objectives` once a list monitor
+    was resolved, else the monitor (one objective)."""
+    return list(cfg.trainer.get("objectives") or monitored(cfg.trainer.monitor))
+
+
+def sweep_direction(mode: str, monitor: Any = None) -> Any:
     """Optuna's study direction for a monitor mode: min -> minimize, max -> maximize; auto
-    follows `monitor` (`${sweep_direction:${trainer.mode},${trainer.monitor}}` in the presets)."""
+    follows `monitor` (`${sweep_direction:${trainer.mode},${trainer.monitor}}` in the presets).
+    A list monitor gives a list of directions: the first follows `mode`, the others each
+    metric's own direction."""
+    from app.train.tasks import metric_direction
+
     if mode == "auto" and monitor is None:
         raise ConfigError("trainer.mode", mode, "min or max (or auto with the monitor: "
                           "${sweep_direction:${trainer.mode},${trainer.monitor}})")
-    return {"min": "minimize", "max": "maximize"}[monitor_mode(monitor, mode)]
+    names = monitored(monitor) if monitor is not None else [None]
+    directions = [{"min": "minimize", "max": "maximize"}[monitor_mode(names[0], mode)]]
+    for name in names[1:]:
+        natural = metric_direction(name)
+        if natural is None:
+            raise ConfigError("hydra.sweeper.direction", f"${{sweep_direction:{mode},{names}}}",
+                              f"a list of {len(names)} directions, one per monitored metric, e.g. "
+                              f"hydra.sweeper.direction=[{', '.join(['minimize'] * len(names))}]",
+                              f"Whether a lower or a higher {name} is better is not known")
+        directions.append({"min": "minimize", "max": "maximize"}[natural])
+    return directions if len(names) > 1 else directions[0]
 
 
 def register_configs() -> None:
@@ -593,8 +645,10 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
                    ", ".join(WANDB_MODES))
 
     if metric_names is not None:
-        monitors = ["trainer.monitor"] + [f"callbacks.{name}.monitor" for name, node in
-                                          _entries(cfg, "callbacks") if "monitor" in node]
+        for value in objective_names(cfg):
+            _check(value in metric_names, "trainer.monitor", value,
+                   "a metric this task produces: " + ", ".join(metric_names))
+        monitors = [f"callbacks.{name}.monitor" for name, node in _entries(cfg, "callbacks") if "monitor" in node]
         for key in monitors:
             value = OmegaConf.select(cfg, key)
             _check(

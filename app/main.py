@@ -1,7 +1,7 @@
 """The Hydra task function: compose -> check -> build -> fit -> test -> record -> objective.
 
 It wires; it does not compute (app/run/ builds and executes a run). Returns the run's objective
-(a float) for sweepers.
+for sweepers: a float, or a list of floats when `trainer.monitor` names several metrics.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from app import CONF_DIR, targets
 from app.config import register_configs, resolve_mode
 from app.errors import ConfigError
 from app.run.execute import execute
-from app.run.record import Status, Summary, interrupted_line, result_line
+from app.run.record import Status, Summary, interrupted_line, result_line, returned
 from app.run.reproducibility import determinism_refusal
 from app.run.seeds import train_seeds
 from app.search.trial import current_trial
@@ -31,12 +31,12 @@ log = logging.getLogger("app")
 # The whitelist covers what Hydra itself builds (hydra.callbacks, logging); the app's own builds
 # add the config's `trusted_modules` (app/targets.py).
 @hydra.main(config_path=str(CONF_DIR), config_name="config", execution_whitelist=list(targets.patterns()))
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | list[float]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.preflight:  # only when app.run.launch left it to Hydra (e.g. with --config-name)
         sys.exit(preflight.run_and_report(cfg))
     try:
-        resolve_mode(cfg)  # trainer.mode: auto -> min | max, before anything reads it
+        resolve_mode(cfg)  # trainer.monitor (a list: its first) and trainer.mode (auto: min | max)
         trial = current_trial(cfg.trusted_modules)
         try:
             if cfg.seeds:
@@ -49,7 +49,7 @@ def main(cfg: DictConfig) -> float:
                 trial.close()  # stops the trial's heartbeat
         if summary.debug is not None and not summary.debug["passed"] and HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)  # a debug verdict: FAILED (in a sweep each job's verdict is logged, the sweep goes on)
-        return summary.objective
+        return returned(summary)
     except KeyboardInterrupt as stop:  # summary.json already says failed, interrupted
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep records its trial as interrupted

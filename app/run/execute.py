@@ -15,7 +15,8 @@ from app.run import debug, resume
 from app.run.build import build_run
 from app.run.device import describe
 from app.run.provenance import config_hash
-from app.run.record import Status, Summary, objective, provenance, result_line, write_json
+from app.config import objective_names
+from app.run.record import Status, Summary, objective, objective_values, provenance, result_line, write_json
 
 log = logging.getLogger("app")
 
@@ -79,6 +80,9 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         raise
     finally:
         summary.objective = objective(summary.status, summary.best, t.mode)
+        if len(objective_names(cfg)) > 1:  # several objectives: each metric at the best epoch
+            at_best = next((m for m in run.trainer.history if m.get("epoch") == summary.best_epoch), None)
+            summary.objectives = objective_values(summary.status, at_best, objective_names(cfg), t.mode)
         summary.wall_time_s = round(time.time() - started, 3)
         if trial is not None:
             summary.trial = trial.describe(summary.status)

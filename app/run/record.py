@@ -48,7 +48,7 @@ class Status(str, Enum):
 
 
 STATUSES = tuple(status.value for status in Status)
-_OPTIONAL = ("error", "trial", "debug", "seeds", "objective_std", "best_std", "test_std", "per_seed")
+_OPTIONAL = ("objectives", "error", "trial", "debug", "seeds", "objective_std", "best_std", "test_std", "per_seed")
 
 
 @dataclass
@@ -59,6 +59,8 @@ class Summary:
     monitor: str | None = None
     mode: str | None = None  # min | max
     objective: float | None = None  # what the run returned to the sweeper (worst value unless it ended normally)
+    objectives: dict[str, float] | None = None  # several objectives (a list trainer.monitor): metric ->
+    #   its value at the best epoch of the first (mean over seeds); worst values unless it ended normally
     best: float | None = None  # best monitored value (mean over seeds for a multi-seed run)
     best_epoch: int | None = None
     last: float | None = None
@@ -171,6 +173,33 @@ def objective(status: str, best: float | None, mode: str) -> float:
     if Status.of(status).ended_normally and best is not None and math.isfinite(best):
         return float(best)
     return worst_value(mode)
+
+
+def objective_values(status: str, best_metrics: dict[str, float] | None, names: list[str],
+                     mode: str) -> dict[str, float]:
+    """The values a run with several objectives returns (`names`, the first being the monitor):
+    each metric at the best epoch (`best_metrics`, that epoch's metrics) for completed and
+    early-stopped runs; otherwise the worst possible value of each (the first by `mode`, the
+    others by their own direction; NaN where that is not known)."""
+    from app.train.tasks import metric_direction
+
+    values: dict[str, float] = {}
+    for position, name in enumerate(names):
+        value = (best_metrics or {}).get(name)
+        if Status.of(status).ended_normally and isinstance(value, (int, float)) and math.isfinite(value):
+            values[name] = float(value)
+            continue
+        better = mode if position == 0 else metric_direction(name)
+        values[name] = worst_value(better) if better is not None else math.nan
+    return values
+
+
+def returned(summary: Summary) -> float | list[float]:
+    """What the task function returns to Hydra's sweeper: the objective, or the list of the
+    objectives' values (in `trainer.monitor`'s order) for several objectives."""
+    if summary.objectives is not None:
+        return list(summary.objectives.values())
+    return summary.objective
 
 
 def _jsonable(value: Any) -> Any:

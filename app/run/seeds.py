@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, open_dict
 
-from app.config import validate
-from app.run.record import Status, Summary, worst_value
+from app.config import objective_names, validate
+from app.run.record import Status, Summary, objective_values, worst_value
 
 
 def with_seed(cfg: DictConfig, seed: int) -> DictConfig:
@@ -40,8 +40,10 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(per_seed: list[dict[str, Any]], seeds: list[int], monitor: str, mode: str) -> Summary:
-    """The run's summary from its seeds' summaries (dicts, in the order they ran)."""
+def aggregate(per_seed: list[dict[str, Any]], seeds: list[int], monitor: str, mode: str,
+              objectives: list[str] | None = None) -> Summary:
+    """The run's summary from its seeds' summaries (dicts, in the order they ran); `objectives`:
+    the metrics of a list monitor (several objectives)."""
     statuses = [Status.of(s.get("status")) for s in per_seed]
     ended_normally = len(per_seed) == len(seeds) and all(s.ended_normally for s in statuses)
     status = Status.COMPLETED if ended_normally else (statuses[-1] if per_seed else Status.FAILED)
@@ -63,6 +65,9 @@ def aggregate(per_seed: list[dict[str, Any]], seeds: list[int], monitor: str, mo
             for s in per_seed
         ],
     )
+    if objectives and len(objectives) > 1:  # several objectives: each one's mean over the seeds
+        summary.objectives = ({n: statistics.fmean(s["objectives"][n] for s in per_seed) for n in objectives}
+                              if ended_normally else objective_values(status, None, objectives, mode))
     if ended_normally:
         summary.message = (f"{len(seeds)} seeds: {monitor} {objective:.6g} +- {objective_std:.3g}"
                            if objective is not None else f"{len(seeds)} seeds")
@@ -95,7 +100,7 @@ def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., Summary],
             if not result.status.ended_normally:
                 break
     finally:
-        summary = aggregate(per_seed, seeds, cfg.trainer.monitor, cfg.trainer.mode)
+        summary = aggregate(per_seed, seeds, cfg.trainer.monitor, cfg.trainer.mode, objective_names(cfg))
         if error is not None:
             summary.status = Status.FAILED
             summary.error = f"seed {per_seed[-1]['seed']}: {type(error).__name__}: {error}"

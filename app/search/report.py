@@ -8,7 +8,9 @@ dir (or `--out`):
 
 - `report.md`: a table of trials (number, state, value, epochs run, duration, parameters), the
   best trial and its run dir, parameter importances (Optuna sweeps), and warnings when the best
-  value of a parameter sits at the edge of its search range;
+  value of a parameter sits at the edge of its search range; with several objectives (a list
+  `trainer.monitor`), a column per objective and the Pareto front (the trials no other trial
+  beats in every objective) instead of a single best, and `report_pareto.png`;
 - `report_curves.png`: validation curves (the monitored metric per epoch) of the best trials,
   the other trials in grey; `report_history.png` (objective per trial and best so far) and
   `report_importances.png` for Optuna sweeps.
@@ -30,6 +32,7 @@ from typing import Any
 
 from app.run.record import Status, Summary
 from app.search.summary import collect, format_cell, format_table
+from app.train.tasks import metric_direction
 
 log = logging.getLogger(__name__)
 REPORT_FILE = "report.md"
@@ -49,24 +52,70 @@ class Report:
     importance_note: str = ""
     warnings: list[str] = field(default_factory=list)
     optuna: bool = False
+    # several objectives: their names (a column each in `rows`), directions, and the Pareto front
+    objectives: list[str] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    pareto: list[dict[str, Any]] = field(default_factory=list)
+    importance_target: str = ""  # the objective the importances are of (several objectives: the first)
+
+    @property
+    def values(self) -> list[str]:
+        """The value columns: one per objective, or `value`."""
+        return self.objectives or ["value"]
+
+    def columns(self) -> list[str]:
+        return ["trial", "state", *self.values, "epochs", "duration_s", *self.param_names]
 
     def table(self) -> str:
-        columns = ["trial", "state", "value", "epochs", "duration_s", *self.param_names]
-        return format_table(self.rows, columns)
+        return format_table(self.rows, self.columns())
+
+    def pareto_table(self) -> str:
+        return format_table(self.pareto, ["trial", *self.objectives, *self.param_names, "run_dir"])
 
     def text(self) -> str:
         lines = [self.title, "", self.table(), ""]
-        if self.best:
+        if self.objectives:
+            if self.pareto:
+                lines += [f"Pareto front: {len(self.pareto)} trial{'s' if len(self.pareto) > 1 else ''} "
+                          "(no other trial is as good in every objective and better in one)", self.pareto_table()]
+            else:
+                lines.append("Pareto front: no trial completed")
+        elif self.best:
             lines.append(f"Best: trial {self.best['trial']}  value={_fmt(self.best['value'])}  "
                          f"{_params_text(self.best, self.param_names)}  run dir: {self.best['run_dir']}")
         else:
             lines.append("Best: no trial completed")
+        of = f" (for {self.importance_target})" if self.importance_target else ""
         if self.importances:
-            lines.append("Parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in self.importances.items()))
+            lines.append(f"Parameter importances{of}: " + ", ".join(f"{k} {v:.2f}" for k, v in self.importances.items()))
         elif self.importance_note:
-            lines.append(f"Parameter importances: {self.importance_note}")
+            lines.append(f"Parameter importances{of}: {self.importance_note}")
         lines += [f"Warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
+    """Whether values `a` are at least as good as `b` in every objective and better in one."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    at_least = all(s * x <= s * y for s, x, y in zip(signs, a, b))
+    return at_least and any(s * x < s * y for s, x, y in zip(signs, a, b))
+
+
+def pareto_front(rows: list[dict[str, Any]], names: list[str], directions: list[str]) -> list[dict[str, Any]]:
+    """The completed rows no other completed row dominates (objective values under `names`),
+    sorted by the first objective, best first."""
+    done = [r for r in rows if _completed(r) and all(_finite(r.get(n)) for n in names)]
+    front = [r for r in done if not any(dominates([o[n] for n in names], [r[n] for n in names], directions)
+                                        for o in done)]
+    return sorted(front, key=lambda r: r[names[0]], reverse=directions[0] == "maximize")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _completed(row: dict[str, Any]) -> bool:
+    return row["state"] in ("COMPLETE", "completed", "early_stopped")
 
 
 # ----------------------------------------------------------------------------- building
@@ -91,11 +140,15 @@ def optuna_report(storage: str, study_name: str) -> Report:
     study = load_study(storage, study_name)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     names = sorted({name for t in trials for name in t.params})
+    directions = [d.name.lower() for d in study.directions]
+    objectives: list[str] = []
     rows, monitor = [], None
     for t in trials:
         run_dir = t.user_attrs.get("run_dir")
         summary = Summary.read(run_dir)
         monitor = monitor or (summary.monitor if summary is not None else None)
+        if len(directions) > 1 and not objectives and summary is not None and summary.objectives:
+            objectives = list(summary.objectives)
         state = t.state.name
         if t.user_attrs.get("interrupted"):
             state += " (interrupted)"
@@ -107,16 +160,30 @@ def optuna_report(storage: str, study_name: str) -> Report:
         if epochs is None:
             epochs = summary.epochs_run if summary is not None else len(t.intermediate_values) or None
         rows.append({
-            "trial": t.number, "state": state, "value": t.value, "epochs": epochs,
+            "trial": t.number, "state": state, "value": t.values[0] if t.values else None, "epochs": epochs,
+            "values": list(t.values) if t.values else None,
             "duration_s": round(duration, 1) if duration is not None else None,
             "run_dir": run_dir, "reason": t.user_attrs.get("reason") or _reason(summary),
             **{n: t.params.get(n) for n in names},
         })
-    direction = study.direction.name.lower()
     counts = {s: sum(r["state"].startswith(s) for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    title = (f"Study {study.study_name!r} ({direction} {monitor or 'objective'}): {len(rows)} trials, "
+    if len(directions) > 1:  # several objectives: named after the metrics the runs returned
+        if len(objectives) != len(directions):
+            objectives = [f"objective_{i}" for i in range(len(directions))]
+        for row in rows:
+            row.update(zip(objectives, row["values"] or [None] * len(objectives)))
+        goal = ", ".join(f"{d} {n}" for d, n in zip(directions, objectives))
+    else:
+        goal = f"{directions[0]} {monitor or 'objective'}"
+    title = (f"Study {study.study_name!r} ({goal}): {len(rows)} trials, "
              + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
-    report = Report(title, monitor, direction, rows, names, optuna=True)
+    report = Report(title, monitor, directions[0], rows, names, optuna=True)
+    if len(directions) > 1:
+        report.objectives, report.directions = objectives, directions
+        report.pareto = pareto_front(rows, objectives, directions)
+        report.importance_target = objectives[0]
+        report.importances, report.importance_note = importances(study, target=lambda t: t.values[0])
+        return report
     try:
         best = study.best_trial
     except ValueError:
@@ -135,20 +202,28 @@ def grid_report(sweep_dir: str | Path) -> Report:
     overrides = [dict(o.split("=", 1) for o in job["overrides"].split() if "=" in o) for job in jobs]
     keys = sorted({k for o in overrides for k in o})
     varying = [k for k in keys if len({o.get(k) for o in overrides}) > 1] or keys
-    monitor, mode = None, "min"
+    monitor, mode, objectives = None, "min", []
     rows = []
     for job, params in zip(jobs, overrides):
         summary = Summary.read(job["run_dir"])
         if summary is not None:
             monitor, mode = monitor or summary.monitor, summary.mode or mode
+            objectives = objectives or list(summary.objectives or {})
         rows.append({
             "trial": job["job"], "state": job["status"], "value": job["objective"],
             "epochs": job["epochs_run"], "duration_s": job["wall_time_s"], "run_dir": job["run_dir"],
             "reason": _reason(summary), **{k: _number(params.get(k)) for k in varying},
+            **((summary.objectives or {}) if summary is not None else {}),
         })
     direction = "maximize" if mode == "max" else "minimize"
-    report = Report(f"Sweep {Path(sweep_dir).name} ({direction} {monitor or 'objective'}): {len(rows)} jobs",
-                    monitor, direction, rows, varying)
+    directions = [direction] + [{"max": "maximize"}.get(metric_direction(n), "minimize") for n in objectives[1:]]
+    goal = (", ".join(f"{d} {n}" for d, n in zip(directions, objectives)) if objectives
+            else f"{direction} {monitor or 'objective'}")
+    report = Report(f"Sweep {Path(sweep_dir).name} ({goal}): {len(rows)} jobs", monitor, direction, rows, varying)
+    if objectives:  # several objectives: the Pareto front instead of a best job
+        report.objectives, report.directions = objectives, directions
+        report.pareto = pareto_front(rows, objectives, directions)
+        return report
     done = [r for r in rows if Status.of(r["state"]).ended_normally
             and isinstance(r["value"], (int, float)) and math.isfinite(r["value"])]
     if done:
@@ -214,9 +289,10 @@ def edge_warning(name: str, value: Any, space: tuple | None) -> str | None:
     return None
 
 
-def importances(study: Any) -> tuple[dict[str, float], str]:
+def importances(study: Any, target: Any = None) -> tuple[dict[str, float], str]:
     """Optuna's fANOVA parameter importances: the share of the objective's variance each
-    parameter explains, from a random forest (scikit-learn) fitted to the completed trials."""
+    parameter explains, from a random forest (scikit-learn) fitted to the completed trials.
+    `target`: FrozenTrial -> the value to explain (required by Optuna for several objectives)."""
     import optuna
     from optuna.trial import TrialState
 
@@ -225,7 +301,7 @@ def importances(study: Any) -> tuple[dict[str, float], str]:
         return {}, f"need 2 or more completed trials, have {len(completed)}"
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
         return {name: float(value) for name, value in found.items()}, ""
     except (ValueError, RuntimeError, ImportError) as error:
         return {}, f"unavailable ({error})"
@@ -324,6 +400,37 @@ def plot_history(report: Report, path: Path) -> bool:
     return _save(fig, path)
 
 
+def plot_pareto(report: Report, path: Path) -> bool:
+    """Completed trials in the plane of each pair of objectives (the first three pairs), the
+    Pareto front highlighted and joined in the order of the first objective of the pair."""
+    if len(report.objectives) < 2:
+        return False
+    import matplotlib.pyplot as plt
+
+    names = report.objectives
+    done = [r for r in report.rows if _completed(r) and all(_finite(r.get(n)) for n in names)]
+    if not done:
+        return False
+    front_ids = {r["trial"] for r in report.pareto}
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))][:3]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.2), dpi=100, squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        x, y = names[i], names[j]
+        others = [r for r in done if r["trial"] not in front_ids]
+        ax.scatter([r[x] for r in others], [r[y] for r in others], s=18, color="0.65", label="other trials")
+        front = sorted((r for r in done if r["trial"] in front_ids), key=lambda r: r[x])
+        ax.plot([r[x] for r in front], [r[y] for r in front], marker="o", color="C3", linewidth=1,
+                markersize=5, label="Pareto front")
+        for r in front:
+            ax.annotate(str(r["trial"]), (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(f"{x} ({report.directions[i]})")
+        ax.set_ylabel(f"{y} ({report.directions[j]})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Pareto front: {len(front_ids)} of {len(done)} completed trials", fontsize=10)
+    return _save(fig, path)
+
+
 def plot_importances(report: Report, path: Path) -> bool:
     if not report.importances:
         return False
@@ -348,22 +455,30 @@ def _save(fig, path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- writing
-def _markdown_table(report: Report) -> str:
-    columns = ["trial", "state", "value", "epochs", "duration_s", *report.param_names]
+def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in report.rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def markdown(report: Report, images: list[str]) -> str:
-    parts = [f"# {report.title}", "", _markdown_table(report), ""]
-    if report.best:
+    parts = [f"# {report.title}", "", _markdown_table(report.rows, report.columns()), ""]
+    if report.objectives:
+        parts += ["## Pareto front", ""]
+        if report.pareto:
+            parts += [f"{len(report.pareto)} trials: no other trial is as good in every objective and better in one.",
+                      "", _markdown_table(report.pareto, ["trial", *report.objectives, *report.param_names, "run_dir"]),
+                      ""]
+        else:
+            parts += ["No trial completed.", ""]
+    elif report.best:
         parts += [f"**Best:** trial {report.best['trial']}, value {_fmt(report.best['value'])}, "
                   f"{_params_text(report.best, report.param_names)}  ", f"run dir: `{report.best['run_dir']}`", ""]
     else:
         parts += ["**Best:** no trial completed.", ""]
     if report.importances:
-        parts += ["## Parameter importances", ""]
+        parts += [f"## Parameter importances{f' (for {report.importance_target})' if report.importance_target else ''}",
+                  ""]
         parts += [f"- {k}: {v:.3f}" for k, v in report.importances.items()] + [""]
     elif report.importance_note and report.optuna:
         parts += [f"Parameter importances: {report.importance_note}.", ""]
@@ -385,6 +500,8 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     plots = [("report_curves.png", plot_curves)]
+    if report.objectives:
+        plots.append(("report_pareto.png", plot_pareto))
     if report.optuna:
         plots += [("report_history.png", plot_history), ("report_importances.png", plot_importances)]
     images = [name for name, plot in plots if plot(report, out_dir / name)]

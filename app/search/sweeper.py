@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from app import targets
+from app.config import direction_warning, monitored
 from app.errors import ConfigError
 from app.run.record import Status, Summary
 from app.search.internals import stale_trial_ids
@@ -82,33 +83,72 @@ CREATE_ATTEMPTS = 5  # creating a study on a fresh storage: tries (processes rac
 
 @dataclass
 class Outcome:
-    """How a finished job is told to Optuna."""
+    """How a finished job is told to Optuna. `values`: one per objective (COMPLETE only); a
+    single float is taken as the one objective's value."""
 
     state: TrialState
-    value: float | None
+    values: list[float] | None
     status: str
     reason: str = ""
     epochs_run: int | None = None
     interrupted: bool = False
 
+    def __post_init__(self) -> None:
+        if self.values is not None and not isinstance(self.values, (list, tuple)):
+            self.values = [self.values]
 
-def outcome_from_summary(summary: Summary | None, return_value: Any = None) -> Outcome:
-    """The outcome of a job from its run dir's summary (None: not written)."""
+    @property
+    def value(self) -> float | None:
+        """The first objective's value (the only one of a single-objective study)."""
+        return self.values[0] if self.values else None
+
+
+def _floats(value: Any, objectives: int) -> list[float]:
+    """`objectives` floats from a job's return value (a float, or a list for several objectives);
+    ValueError naming what is wrong otherwise."""
+    if objectives == 1:
+        try:
+            return [float(value)]
+        except (TypeError, ValueError):
+            raise ValueError(f"return value {value!r} is not a float") from None
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"return value {value!r} is not a list of {objectives} floats") from None
+    if len(values) != objectives:
+        raise ValueError(f"return value {value!r} has {len(values)} values for {objectives} objectives")
+    return values
+
+
+def outcome_from_summary(summary: Summary | None, return_value: Any = None, objectives: int = 1) -> Outcome:
+    """The outcome of a job from its run dir's summary (None: not written) and its return value,
+    for a study of `objectives` objectives."""
     if summary is None:  # a task function that is not this app's: the plugin's rule
         try:
-            return Outcome(TrialState.COMPLETE, float(return_value), Status.COMPLETED)
-        except (TypeError, ValueError):
-            return Outcome(TrialState.FAIL, None, Status.FAILED, f"return value {return_value!r} is not a float")
+            values = _floats(return_value, objectives)
+        except ValueError as error:
+            return Outcome(TrialState.FAIL, None, Status.FAILED, str(error))
+        if not all(math.isfinite(v) for v in values):
+            return Outcome(TrialState.FAIL, None, Status.FAILED, f"non-finite return value {return_value!r}")
+        return Outcome(TrialState.COMPLETE, values, Status.COMPLETED)
     status, reason = summary.status, summary.reason
     interrupted = summary.interrupted or (
         status == Status.FAILED and str(summary.error or "").startswith("KeyboardInterrupt"))
-    state, value = trial_state(status), None
+    state, values = trial_state(status), None
     if state == TrialState.COMPLETE:
-        objective = summary.objective if summary.objective is not None else math.nan
-        value = float(return_value if return_value is not None else objective)
-        if not math.isfinite(value):
-            state, reason = TrialState.FAIL, f"non-finite objective {value} for status {status}"
-    return Outcome(state, value, status, reason, summary.epochs_run, interrupted)
+        if return_value is None:  # told from the run dir alone (a recovered trial)
+            return_value = (list(summary.objectives.values()) if summary.objectives is not None
+                            else summary.objective if summary.objective is not None else math.nan)
+        try:
+            values = _floats(return_value, objectives)
+        except ValueError as error:
+            state, reason = TrialState.FAIL, (f"{error}: the study has {objectives} objective"
+                                              f"{'s' if objectives > 1 else ''}, one per metric of trainer.monitor")
+        else:
+            if not all(math.isfinite(v) for v in values):
+                state, reason, values = TrialState.FAIL, f"non-finite objective {return_value} for status {status}", None
+    return Outcome(state, values if state == TrialState.COMPLETE else None, status, reason, summary.epochs_run,
+                   interrupted)
 
 
 def run_dir_of(ret: JobReturn) -> Path | None:
@@ -127,14 +167,14 @@ def job_error(ret: JobReturn) -> BaseException:
     return RuntimeError("the job failed")
 
 
-def job_outcome(ret: JobReturn) -> Outcome:
+def job_outcome(ret: JobReturn, objectives: int = 1) -> Outcome:
     summary = Summary.read(run_dir_of(ret))
     if ret.status == JobStatus.FAILED:
         error = job_error(ret)
         epochs = summary.epochs_run if summary is not None else None
         return Outcome(TrialState.FAIL, None, Status.FAILED, f"{type(error).__name__}: {error}", epochs,
                        isinstance(error, KeyboardInterrupt))
-    return outcome_from_summary(summary, ret.return_value)
+    return outcome_from_summary(summary, ret.return_value, objectives)
 
 
 # ------------------------------------------------------------------ owners of running trials
@@ -226,6 +266,7 @@ class StudySweeper(OptunaSweeperImpl):
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.max_retries, self.batch_barrier = max_retries, batch_barrier
         self.poll_s: float | None = None  # waiting for other workers' trials: None -> from the heartbeat
+        self.directions = [str(d).lower() for d in self._get_directions()]  # checked in sweep()
         if self.n_jobs < 1:
             raise ConfigError("hydra.sweeper.n_jobs", self.n_jobs, "an integer >= 1")
 
@@ -241,12 +282,7 @@ class StudySweeper(OptunaSweeperImpl):
         if not 0.0 <= rate <= 1.0:
             raise ConfigError("hydra.sweeper.max_failure_rate", self.max_failure_rate,
                               "a number from 0 (stop at the first failed trial) to 1 (never stop)")
-        directions = self._get_directions()
-        if len(directions) != 1:
-            raise ConfigError("hydra.sweeper.direction", list(directions), "minimize or maximize",
-                              "A run returns one objective (its monitored metric)")
-        if str(directions[0]).lower() not in ("minimize", "maximize"):
-            raise ConfigError("hydra.sweeper.direction", directions[0], "minimize or maximize")
+        self.directions = self._check_directions()
         for key in ("heartbeat_interval", "grace_period"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -261,16 +297,72 @@ class StudySweeper(OptunaSweeperImpl):
         if not isinstance(self.batch_barrier, bool):
             raise ConfigError("hydra.sweeper.batch_barrier", self.batch_barrier, "true or false")
 
+    def _check_directions(self) -> list[str]:
+        """`hydra.sweeper.direction`: minimize or maximize, or a list of them (several objectives),
+        as many as `trainer.monitor` names metrics (when the config has a trainer: this app's runs),
+        each agreeing with its metric's own direction or kept with a one-line warning."""
+        directions = [str(d).lower() for d in self._get_directions()]
+        accepted = "minimize or maximize, or a list of them for several objectives, e.g. [minimize, maximize]"
+        shown = directions if len(directions) > 1 else directions[0] if directions else []
+        if not directions or any(d not in ("minimize", "maximize") for d in directions):
+            raise ConfigError("hydra.sweeper.direction", shown, accepted)
+        trainer = self.config.get("trainer") if getattr(self, "config", None) is not None else None
+        if trainer is None or trainer.get("monitor") is None:
+            return directions
+        names = monitored(trainer.monitor)
+        if len(names) != len(directions):
+            raise ConfigError(
+                "hydra.sweeper.direction", shown,
+                f"{len(names)} direction{'s' if len(names) > 1 else ''}, one per metric of trainer.monitor "
+                f"({', '.join(names)}), e.g. hydra.sweeper.direction=[{','.join(['minimize'] * len(names))}]"
+                if len(names) > 1 else "minimize or maximize (one objective: trainer.monitor names one metric)",
+                f"A run returns one value per metric of trainer.monitor ({len(names)}), the study expects "
+                f"{len(directions)}")
+        for position, (name, direction) in enumerate(zip(names, directions)):
+            key = f"hydra.sweeper.direction={direction}" if len(names) == 1 else \
+                f"hydra.sweeper.direction[{position}]={direction}"
+            mode = str(trainer.get("mode", "auto"))
+            if position == 0 and mode in ("min", "max"):  # an explicit trainer.mode warns in each run
+                if direction[:3] != mode:
+                    log.warning("%s optimises the %s %s, though trainer.mode=%s keeps the %s as best (early "
+                                "stopping, best.pt)", key, "lowest" if direction == "minimize" else "highest",
+                                name, mode, "lowest" if mode == "min" else "highest")
+                continue
+            warning = direction_warning(key, name, direction[:3])
+            if warning is not None:
+                log.warning("%s (leave the direction out to follow the metric)", warning)
+        return directions
+
     def _build(self, node: Any, key: str, **kwargs: Any) -> Any:
         """An object from a config node of the sweeper (anything else is returned as it is)."""
         if not isinstance(node, (DictConfig, dict)):
             return node
+        from hydra.errors import InstantiationException
+
         trusted = [*(self.config.get("trusted_modules", None) or []), "hydra_plugins.hydra_optuna_sweeper"]
-        return targets.instantiate(node, key, trusted, **kwargs)
+        try:
+            return targets.instantiate(node, key, trusted, **kwargs)
+        except (InstantiationException, ValueError, TypeError) as error:  # an unknown class, a wrong
+            # setting, a removed sampler (its factory raises ValueError, which Hydra passes on as it is)
+            cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+            group = key.replace("hydra.sweeper.", "hydra/sweeper/")
+            raise ConfigError(
+                key, node.get("_target_"),
+                f"an option of {group} (e.g. {group}={'tpe' if key.endswith('sampler') else 'median'}) with the "
+                "settings its class takes, or a `_target_` naming an Optuna class",
+                f"It cannot be built: {' '.join(str(cause).split())}") from None
 
     def _build_plugin_objects(self) -> None:
         self.sampler = self._build(self.sampler, "hydra.sweeper.sampler")
         self.pruner = self._build(self.pruner, "hydra.sweeper.pruner") or optuna.pruners.NopPruner()
+        if len(self.directions) > 1:  # Optuna cannot prune multi-objective studies
+            if not isinstance(self.pruner, optuna.pruners.NopPruner):
+                log.warning("Pruning is off for multi-objective studies (Optuna cannot prune them): %s is not "
+                            "used; every trial runs to its end (early stopping still applies)",
+                            type(self.pruner).__name__)
+            else:
+                log.info("Pruning is off for multi-objective studies (Optuna cannot prune them)")
+            self.pruner = optuna.pruners.NopPruner()
         if self.custom_search_space:
             self.custom_search_space_extender = self._build(
                 {"_target_": self.custom_search_space, "_partial_": True}, "hydra.sweeper.custom_search_space")
@@ -288,7 +380,7 @@ class StudySweeper(OptunaSweeperImpl):
         self._check_loop_settings()
         self._build_plugin_objects()
         space, fixed, fixed_overrides, is_grid = self._search_space(arguments)
-        direction = str(self._get_directions()[0]).lower()
+        direction = ",".join(self.directions)
         launch_dir = self.config.hydra.runtime.cwd
         self.study_name = self.study_name or self.config.hydra.job.name
         self.url = (absolute_storage(str(self.storage), launch_dir) if self.storage
@@ -482,8 +574,9 @@ class StudySweeper(OptunaSweeperImpl):
         return self._store
 
     def _create_study(self, direction: str, memory: bool = False):
-        """Create the study, or load it when it exists. Several workers starting at once on a
-        fresh storage race to create its tables and the study: the loser retries (bounded)."""
+        """Create the study (directions: `self.directions`), or load it when it exists. Several
+        workers starting at once on a fresh storage race to create its tables and the study: the
+        loser retries (bounded)."""
         import sqlalchemy.exc
 
         accepted = ("sqlite:///<path>.db (a file; relative paths from the launch dir), sqlite:///:memory: "
@@ -495,7 +588,7 @@ class StudySweeper(OptunaSweeperImpl):
                 self._store, self._store_url = self._make_storage(memory), self.url
                 return optuna.create_study(
                     study_name=self.study_name, storage=self._store, sampler=self.sampler,
-                    pruner=self.pruner, direction=direction, load_if_exists=True,
+                    pruner=self.pruner, directions=self.directions, load_if_exists=True,
                 )
             except (sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError) as error:
                 last = error  # another worker created it between our look and our insert
@@ -574,43 +667,53 @@ class StudySweeper(OptunaSweeperImpl):
                         "range(start, stop[, step]) with at least one value, or choice(a, b, ...)",
                         str(error)) from None
             raise
+        for name in fixed:  # a plain value on the command line takes a parameter out of the search
+            space.pop(name, None)
         is_grid = (isinstance(self.sampler, functools.partial)
                    and self.sampler.func == optuna.samplers.GridSampler)
-        if is_grid:
+        if is_grid:  # the grid spans the parameters still searched (the plugin's spans fixed ones too)
             grid = {name: self._to_grid_sampler_choices(d) for name, d in space.items()}
             self.sampler = self.sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
             log.info("Grid sampler: n_trials = %d (the grid's size, at most)", self.n_trials)
-        for name in fixed:
-            space.pop(name, None)
         return space, fixed, fixed_overrides, is_grid
 
     def _open(self):
         return load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler,
                           storage=self._storage())
 
+    def _monitor(self) -> list[str] | None:
+        """The metrics the runs return (trainer.monitor, from the command or a config file)."""
+        trainer = self.config.get("trainer")
+        return monitored(trainer.monitor) if trainer is not None and trainer.get("monitor") is not None else None
+
     def _check_same_search(self, study, space: dict, fixed: dict, direction: str) -> None:
-        """Refuse to resume a study that another command started: the trials would not compare."""
+        """Refuse to resume a study that another command started: the trials would not compare.
+        Compared: the command's overrides, the search space, the fixed parameters, the monitored
+        metrics (wherever they were set) and the study's directions."""
         search = {
             "overrides": sorted(str(o) for o in self.config.hydra.overrides.task),
             "search_space": {name: repr(d) for name, d in sorted(space.items())},
             "fixed": {name: str(v) for name, v in sorted(fixed.items())},
+            "monitor": self._monitor(),
         }
         stored = study.user_attrs.get(SEARCH_ATTR)
-        stored_direction = study.direction.name.lower()
+        stored_directions = [d.name.lower() for d in study.directions]
         if stored is None and not study.get_trials(deepcopy=False):
             study.set_user_attr(SEARCH_ATTR, search)
             return
-        differences = [f"direction {stored_direction} (now {direction})"] if stored_direction != direction else []
+        differences = []
+        if stored_directions != self.directions:
+            differences.append(f"direction {', '.join(stored_directions)} (now {', '.join(self.directions)})")
         if stored is not None:
-            for key in search:
-                if stored.get(key) != search[key]:
-                    differences.append(f"{key} {stored.get(key)} (now {search[key]})")
+            for key in search:  # keys a study of an earlier version did not record are not compared
+                if key in stored and stored[key] != search[key]:
+                    differences.append(f"{key} {stored[key]} (now {search[key]})")
         if differences:
             raise ConfigError(
                 "hydra.sweeper.study_name", self.study_name,
-                "the command that started the study (to resume it), or a new name with "
-                "hydra.sweeper.study_name=<name> (or another hydra.sweeper.storage)",
+                "the command that started the study (to resume it); or, to start afresh, a new name with "
+                "hydra.sweeper.study_name=<name>, or a fresh storage with hydra.sweeper.storage=<url>",
                 f"The study in {self.url} was started by a different search: "
                 + "; ".join(differences) + ". Resuming it would mix trials that do not compare",
             )
@@ -628,7 +731,7 @@ class StudySweeper(OptunaSweeperImpl):
             run_dir = trial.user_attrs.get("run_dir")
             summary = Summary.read(run_dir)
             if summary is not None:
-                outcome = outcome_from_summary(summary)
+                outcome = outcome_from_summary(summary, objectives=len(self.directions))
                 log.info("Trial %d had finished (%s) when its sweep stopped: told %s",
                          trial.number, outcome.status, outcome.state.name)
             else:
@@ -687,14 +790,14 @@ class StudySweeper(OptunaSweeperImpl):
     @staticmethod
     def _finish(study, number: int, outcome: Outcome) -> None:
         try:
-            study.tell(number, outcome.value if outcome.state == TrialState.COMPLETE else None,
+            study.tell(number, outcome.values if outcome.state == TrialState.COMPLETE else None,
                        state=outcome.state)
         except RuntimeError as error:  # the grid sampler stops the study when the grid is done
             if "Study.stop" not in str(error):
                 raise
 
     def _tell(self, study, trial, ret: JobReturn) -> Outcome | None:
-        outcome = job_outcome(ret)
+        outcome = job_outcome(ret, len(self.directions))
         if storage_of(study).get_trial(trial_id(trial)).state != TrialState.RUNNING:
             log.warning("Trial %d: %s, but another worker had failed it as stale (no heartbeat): "
                         "its retry counts instead", trial.number, outcome.state.name)
@@ -702,8 +805,9 @@ class StudySweeper(OptunaSweeperImpl):
         self._record(storage_of(study), trial_id(trial), outcome, run_dir_of(ret))
         self._finish(study, trial.number, outcome)
         line = f"Trial {trial.number}: {outcome.state.name}"
-        if outcome.value is not None:
-            line += f" value={outcome.value:.6g}"
+        if outcome.values is not None:
+            line += (f" value={outcome.value:.6g}" if len(outcome.values) == 1 else
+                     " values=" + ", ".join(f"{v:.6g}" for v in outcome.values))
         if outcome.reason:
             line += f" ({outcome.reason})"
         (log.warning if outcome.state == TrialState.FAIL else log.info)(line)
@@ -721,7 +825,7 @@ class StudySweeper(OptunaSweeperImpl):
             run_dir = frozen.user_attrs.get("run_dir")
             summary = Summary.read(run_dir)
             if isinstance(error, (SystemExit, JobExited)) and summary is not None and summary.status == Status.FAILED:
-                outcome = outcome_from_summary(summary)
+                outcome = outcome_from_summary(summary, objectives=len(self.directions))
             else:
                 outcome = Outcome(TrialState.FAIL, None, Status.FAILED,
                                   f"interrupted: the sweep stopped ({type(error).__name__})", interrupted=True)
@@ -729,13 +833,22 @@ class StudySweeper(OptunaSweeperImpl):
             self._finish(study, trial.number, outcome)
 
     def _write_results(self, study) -> None:
-        """`optimization_results.yaml` in the sweep dir, as the plugin writes it."""
-        try:
-            best = study.best_trial
-        except ValueError:
-            log.warning("No trial of study %r completed: no best parameters", self.study_name)
-            results = {"name": "optuna", "best_params": {}, "best_value": None}
+        """`optimization_results.yaml` in the sweep dir, as the plugin writes it: the best
+        parameters and value, or for several objectives the Pareto front (`solutions`: the
+        parameters and values of each trial no other trial beats in every objective)."""
+        if len(self.directions) > 1:
+            front = study.best_trials
+            results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in front]}
+            log.info("Pareto front of study %r: %d trials", self.study_name, len(front))
+            for t in front:
+                log.info("    trial %d: values %s, parameters %s", t.number, t.values, t.params)
         else:
-            results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
-            log.info("Best trial %d: value %s, parameters %s", best.number, best.value, best.params)
+            try:
+                best = study.best_trial
+            except ValueError:
+                log.warning("No trial of study %r completed: no best parameters", self.study_name)
+                results = {"name": "optuna", "best_params": {}, "best_value": None}
+            else:
+                results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+                log.info("Best trial %d: value %s, parameters %s", best.number, best.value, best.params)
         OmegaConf.save(OmegaConf.create(results), Path(self.sweep_dir) / "optimization_results.yaml")

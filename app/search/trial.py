@@ -37,7 +37,10 @@ class OptunaTrial:
         self.number = self.trial.number
         self.study_name = study.study_name
         self.pruner_name = type(study.pruner).__name__
-        self._prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
+        # Optuna cannot prune multi-objective studies (Trial.report raises there): such a trial
+        # reports nothing and is never pruned.
+        self._reports = len(study.directions) == 1
+        self._prunes = self._reports and not isinstance(study.pruner, optuna.pruners.NopPruner)
         self.curves: list[dict[int, float]] = []  # per seed, in order: epoch -> monitored value
         self.heartbeat: Heartbeat | None = None
 
@@ -76,10 +79,13 @@ class OptunaTrial:
         return Pruning(self.report, monitor, self.pruner_name)
 
     def report(self, epoch: int, value: float) -> bool:
-        """Record the monitored `value` after `epoch` of the current seed; whether to prune."""
+        """Record the monitored `value` after `epoch` of the current seed (reported to a
+        single-objective study); whether to prune."""
         if not self.curves:
             self.curves.append({})
         self.curves[-1][epoch] = value
+        if not self._reports:
+            return False
         if len(self.curves) == 1:
             self.trial.report(value, epoch)
             return self._prunes and bool(self.trial.should_prune())
