@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from app.search.study import rdb_storage
+from app.search.study import open_storage
 from app.search.sweeper import claim
 from app.search.trial import Heartbeat
 from tests.test_search import FakeLauncher, make_sweeper, stored_study
@@ -61,7 +61,7 @@ def _stale_trial(tmp_path, x=0.3):
     """A RUNNING trial of a worker on another host whose last heartbeat is old."""
     make_sweeper(tmp_path, n_trials=1).sweep([])
     url = f"sqlite:///{tmp_path}/outputs/studies/unit.db"
-    study = optuna.load_study(study_name="unit", storage=rdb_storage(url, heartbeat_interval=1))
+    study = optuna.load_study(study_name="unit", storage=open_storage(url, heartbeat_interval=1))
     study.enqueue_trial({"x": x})
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
@@ -89,7 +89,7 @@ def test_a_running_trial_with_a_fresh_heartbeat_is_waited_for(tmp_path):
     seen = {}
 
     def the_other_worker_finishes(_):  # the trial was left RUNNING while this worker ran its own
-        study = optuna.load_study(study_name="unit", storage=rdb_storage(url))
+        study = optuna.load_study(study_name="unit", storage=open_storage(url))
         seen["state"] = study.trials[trial.number].state
         study.tell(trial.number, 0.3)
 
@@ -234,7 +234,7 @@ def test_the_job_records_its_trials_heartbeat_until_the_run_ends(tmp_path):
     from app.search.trial import OptunaTrial
 
     url = f"sqlite:///{tmp_path}/hb.db"
-    study = optuna.create_study(study_name="hb", storage=rdb_storage(url, heartbeat_interval=1))
+    study = optuna.create_study(study_name="hb", storage=open_storage(url, heartbeat_interval=1))
     asked = study.ask()
     trial = OptunaTrial(study, asked._trial_id)
     trial.start_heartbeat(1)

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import socket
-import sqlite3
 import sys
 import time
 import warnings
@@ -55,11 +54,13 @@ from app.search.study import (
     StudyFile,
     absolute_storage,
     default_storage,
+    display_url,
     is_memory,
     load_study,
     new_memory_storage,
+    open_storage,
     prepare_storage,
-    rdb_storage,
+    storage_refusal,
     trial_state,
 )
 from app.search.trial import Heartbeat
@@ -264,7 +265,8 @@ class StudySweeper(OptunaSweeperImpl):
         self.study_name = self.study_name or self.config.hydra.job.name
         self.url = (absolute_storage(str(self.storage), launch_dir) if self.storage
                     else default_storage(self.study_name, launch_dir))
-        parallel = self.n_jobs if type(self.launcher).__name__ != "BasicLauncher" else 1
+        # trials at once on this machine's cores and GPUs (basic: one at a time; SLURM: their own nodes)
+        parallel = self.n_jobs if type(self.launcher).__name__ not in ("BasicLauncher", "SlurmLauncher") else 1
         memory = is_memory(self.url)
         if memory and type(self.launcher).__name__ != "BasicLauncher":
             raise ConfigError(
@@ -287,7 +289,7 @@ class StudySweeper(OptunaSweeperImpl):
         gpus = self._gpus_to_share(parallel)
         finished = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
         log.info("Study %r in %s (%s, sampler %s, pruner %s): %d of %d trials finished%s",
-                 self.study_name, self.url, direction, type(self.sampler).__name__,
+                 self.study_name, display_url(self.url), direction, type(self.sampler).__name__,
                  type(self.pruner).__name__, finished, self.n_trials,
                  "; resuming" if finished else "")
 
@@ -351,7 +353,7 @@ class StudySweeper(OptunaSweeperImpl):
     def _make_storage(self, memory: bool = False):
         if memory:
             return new_memory_storage(self.url)
-        return rdb_storage(self.url, self._heartbeat, self.grace_period if self._heartbeat else None)
+        return open_storage(self.url, self._heartbeat, self.grace_period if self._heartbeat else None)
 
     def _storage(self):
         """The sweeper's storage for self.url (one object per sweep: an in-memory study is in it)."""
@@ -364,9 +366,6 @@ class StudySweeper(OptunaSweeperImpl):
         fresh storage race to create its tables and the study: the loser retries (bounded)."""
         import sqlalchemy.exc
 
-        accepted = ("sqlite:///<path>.db (a file; relative paths from the launch dir), sqlite:///:memory: "
-                    "(this process only), or a reachable database URL whose driver is installed, "
-                    "e.g. postgresql+psycopg2://user@host/db")
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 prepare_storage(self.url)
@@ -377,18 +376,13 @@ class StudySweeper(OptunaSweeperImpl):
                 )
             except (sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError) as error:
                 last = error  # another worker created it between our look and our insert
-            except sqlalchemy.exc.OperationalError as error:
-                if "already exists" not in str(error) and "locked" not in str(error):
-                    raise ConfigError("hydra.sweeper.storage", self.url, accepted,
-                                      f"It cannot be opened: {str(error.orig).strip()}") from None
+            except Exception as error:  # noqa: BLE001 - the user's URL or machine, or a race (retried)
+                refusal = storage_refusal(self.url, error)
+                if refusal is not None:
+                    raise refusal from None
+                if not isinstance(error, sqlalchemy.exc.DBAPIError):
+                    raise
                 last = error  # another worker is creating the tables
-            except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as error:
-                raise ConfigError("hydra.sweeper.storage", self.url, accepted,
-                                  f"It is not a database URL this machine can open ({type(error).__name__}: "
-                                  f"{error})") from None
-            except (sqlite3.Error, OSError) as error:
-                raise ConfigError("hydra.sweeper.storage", self.url, accepted,
-                                  f"It cannot be opened: {error}") from None
             log.info("Study %r: another worker is creating it (%s); trying again", self.study_name,
                      type(last).__name__)
             time.sleep(0.1 * 2 ** attempt)  # 0.1, 0.2, 0.4, 0.8 s
