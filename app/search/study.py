@@ -173,15 +173,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
 
 
 def display_url(url: str) -> str:
-    """`url` with its password, if any, shown as ***: for logs and messages."""
-    if storage_file(url) is not None or is_memory(url):
-        return url
-    try:
-        import sqlalchemy.engine
-
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: nothing to hide in it
-        return url
+    """`url` with its password, if any, shown as *** (`scheme://user:***@host/db`): for logs and messages."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def is_creation_race(error: BaseException) -> bool:

@@ -391,26 +391,36 @@ class StudySweeper(OptunaSweeperImpl):
     def _ask(self, study, count: int) -> list:
         """Ask `count` trials and claim them; give back (FAIL, `surplus`) any that another worker's
         concurrent ask made one too many: taken trials (finished or RUNNING), in number order,
-        beyond n_trials."""
+        beyond n_trials; and a retry of an interrupted trial that another worker queued too (two
+        workers that found it at once): the lowest-numbered retry runs."""
         with warnings.catch_warnings():  # Optuna: heartbeats are "supposed to be used with optimize"
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trials = [study.ask() for _ in range(count)]
         for trial in trials:
             claim(study, trial)
-        taken = sorted(t.number for t in study.get_trials(deepcopy=False)
-                       if is_finished(t) or t.state == TrialState.RUNNING)
+        known = study.get_trials(deepcopy=False)
+        taken = sorted(t.number for t in known if is_finished(t) or t.state == TrialState.RUNNING)
         beyond = set(taken[self.n_trials:])
+        first_retry: dict[int, int] = {}  # interrupted trial -> the lowest number retrying it
+        for t in known:
+            if t.user_attrs.get("retry_of") is not None and not t.user_attrs.get("surplus"):
+                of = t.user_attrs["retry_of"]
+                first_retry[of] = min(first_retry.get(of, t.number), t.number)
         kept = []
         for trial in trials:
-            if trial.number not in beyond:
+            retry_of = trial.user_attrs.get("retry_of")
+            if trial.number in beyond:
+                reason = "not run: another worker asked the last trial"
+            elif retry_of is not None and first_retry.get(retry_of, trial.number) != trial.number:
+                reason = f"not run: trial {first_retry[retry_of]} retries trial {retry_of} already"
+            else:
                 kept.append(trial)
                 continue
             storage = storage_of(study)
             storage.set_trial_user_attr(trial_id(trial), "surplus", True)
-            storage.set_trial_user_attr(trial_id(trial), "reason", "not run: another worker asked the last trial")
+            storage.set_trial_user_attr(trial_id(trial), "reason", reason)
             self._finish(study, trial.number, Outcome(TrialState.FAIL, None, Status.FAILED))
-            log.info("Trial %d not run: other workers already run the last of the %d trials",
-                     trial.number, self.n_trials)
+            log.info("Trial %d %s", trial.number, reason)
         return kept
 
     def _beat_for(self, study, trials: list) -> Heartbeat | None:
