@@ -87,7 +87,7 @@ def test_the_report_reads_a_postgresql_study_and_refuses_an_unreachable_one(post
 # ----------------------------------------------------------------------------- several workers
 WORKER_ARGS = ["--multirun", "hparams_search=regression_optuna", "hydra/sweeper/sampler=random",
                "model.nodes=16", "model.layers=2", "optimizer.weight_decay=0", "~callbacks.early_stopping",
-               *[a for a in FAST if not a.startswith("trainer.epochs")], "trainer.epochs=20",
+               *[a for a in FAST if not a.startswith("trainer.epochs")], "trainer.epochs=12",
                "~hydra.callbacks.sweep_summary"]  # the test reports the study itself, once
 
 
@@ -147,7 +147,7 @@ def load_when_created(storage: str, name: str = "train-regression_optuna"):
 def test_three_workers_on_postgresql_finish_exactly_n_trials_though_one_is_killed_mid_trial(
         postgres_server, tmp_path, capsys):
     url = postgres_server.create_database("workers")
-    n_trials = 6
+    n_trials = 5
     beat = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
     workers = [start_worker(tmp_path, i, url, n_trials, *beat) for i in range(3)]
     victim = workers[0]

@@ -135,6 +135,11 @@ def new_memory_storage(url: str = MEMORY_URL):
     return _MEMORY_STORAGES[url]
 
 
+def _first_byte(path: Path) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(1)
+
+
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  on_stale: Any = None):
     """The Optuna storage for `url` (the forms in the module docstring). `heartbeat_interval`,
@@ -156,6 +161,9 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     if journal is not None:
         from app.search.internals import JournalHeartbeatStorage
 
+        if journal.is_file() and _first_byte(journal) not in (b"", b"{"):
+            # Optuna would append to any file: never write into someone else's data
+            raise ValueError(f"{journal} is not an Optuna journal file (one JSON object per line)")
         backend = optuna.storages.journal.JournalFileBackend(str(journal))
         if not heartbeat_interval:
             return optuna.storages.JournalStorage(backend)
