@@ -87,7 +87,7 @@ def test_the_report_reads_a_postgresql_study_and_refuses_an_unreachable_one(post
 # ----------------------------------------------------------------------------- several workers
 WORKER_ARGS = ["--multirun", "hparams_search=regression_optuna", "hydra/sweeper/sampler=random",
                "model.nodes=16", "model.layers=2", "optimizer.weight_decay=0", "~callbacks.early_stopping",
-               *[a for a in FAST if not a.startswith("trainer.epochs")], "trainer.epochs=12",
+               *[a for a in FAST if not a.startswith("trainer.epochs")], "trainer.epochs=8",
                "~hydra.callbacks.sweep_summary"]  # the test reports the study itself, once
 
 
@@ -180,8 +180,10 @@ def test_three_workers_on_postgresql_finish_exactly_n_trials_though_one_is_kille
     assert killed.state == TrialState.FAIL and killed.user_attrs["interrupted"] is True
     assert "no heartbeat" in killed.user_attrs["reason"]
     retries = [t for t in trials if t.user_attrs.get("retry_of") == trial.number]
-    assert len(retries) == 1 and retries[0].params == killed.params and retries[0].state == TrialState.COMPLETE
-    assert "worker0" not in retries[0].user_attrs["run_dir"]  # another worker ran it
+    ran = [t for t in retries if not t.user_attrs.get("surplus")]  # two workers may queue it: one runs
+    assert len(ran) == 1 and ran[0].params == killed.params and ran[0].state == TrialState.COMPLETE
+    assert "worker0" not in ran[0].user_attrs["run_dir"]  # another worker ran it
+    assert all("run_dir" not in t.user_attrs for t in retries if t.user_attrs.get("surplus"))
     numbers = run_dir_numbers(tmp_path)
     assert [n for n, count in collections.Counter(numbers).items() if count > 1] == []  # none ran twice
     assert {str(t.number) for t in trials if t.state == TrialState.COMPLETE} <= set(numbers)
