@@ -7,7 +7,8 @@ The pieces, in the order a sweep meets them:
 - `sweeper.StudySweeper`: hydra-optuna-sweeper's ask -> launch -> tell loop, extended: studies
   stored in SQLite by default and resumed, trials told COMPLETE / PRUNED / FAIL from what the
   job's run dir says, interrupted trials recovered and retried, GPUs assigned round-robin.
-- `study`: the study's file (`<sweep dir>/study.json`), storage URLs, SQLite set-up, the states.
+- `study`: the study's file (`<sweep dir>/study.json`), storage URLs (SQLite, PostgreSQL, journal
+  files) and opening them, the one-paragraph refusal of a storage that cannot be opened, the states.
 - `trial.OptunaTrial`: the job's side: it finds its trial, reports the monitored metric every
   validated epoch and asks the pruner (through `app.callbacks.Pruning`).
 - `pruners.CurveExtrapolationPruner`: prunes a trial whose learning curve, extrapolated to the

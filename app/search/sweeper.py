@@ -270,7 +270,7 @@ class StudySweeper(OptunaSweeperImpl):
         memory = is_memory(self.url)
         if memory and type(self.launcher).__name__ != "BasicLauncher":
             raise ConfigError(
-                "hydra.sweeper.storage", self.url, "a file (sqlite:///path.db) or a database server URL, "
+                "hydra.sweeper.storage", self.url, "a file (sqlite:///path.db, journal:///path.log) or a database server URL, "
                 "or hydra/launcher=basic with the in-memory storage",
                 f"An in-memory study lives in the sweep process; the {type(self.launcher).__name__} runs "
                 "jobs in other processes, which cannot reach it")
