@@ -406,8 +406,9 @@ def report_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None) -> tu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.search.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", nargs="?", help="a sweep directory (outputs/sweeps/<date>/<time>)")
-    parser.add_argument("--storage", help="a study storage URL as hydra.sweeper.storage takes it: sqlite:///outputs/studies/<name>.db, "
-                             "postgresql+psycopg://user@host/db, journal:///studies/<name>.log")
+    parser.add_argument("--storage", help="a study storage URL as hydra.sweeper.storage takes it: "
+                                          "sqlite:///outputs/studies/<name>.db, postgresql+psycopg://user@host/db, "
+                                          "journal:///studies/<name>.log")
     parser.add_argument("--study", help="the study's name (default: the storage's only study)")
     parser.add_argument("--out", help="where to write report.md and the plots (default: the sweep dir, "
                                       "or <storage file>-report/)")
@@ -455,7 +456,8 @@ def _run(args: argparse.Namespace) -> tuple[Report, list[Path]]:
     if name not in names:
         shown = display_url(url)
         raise ReportError(f"study {args.study!r} is not in {shown}; it has: {', '.join(names) or 'no study'}"
-                          if args.study else f"{shown} has several studies ({', '.join(names)}): choose one with --study")
+                          if args.study else
+                          f"{shown} has several studies ({', '.join(names)}): choose one with --study")
     out = Path(args.out) if args.out else (path.with_name(f"{path.stem}-report") if path else Path(f"{name}-report"))
     report = optuna_report(url, name)
     return report, write_report(report, out)

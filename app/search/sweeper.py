@@ -270,8 +270,8 @@ class StudySweeper(OptunaSweeperImpl):
         memory = is_memory(self.url)
         if memory and type(self.launcher).__name__ != "BasicLauncher":
             raise ConfigError(
-                "hydra.sweeper.storage", self.url, "a file (sqlite:///path.db, journal:///path.log) or a database server URL, "
-                "or hydra/launcher=basic with the in-memory storage",
+                "hydra.sweeper.storage", self.url, "a file (sqlite:///path.db, journal:///path.log) or a "
+                "database server URL, or hydra/launcher=basic with the in-memory storage",
                 f"An in-memory study lives in the sweep process; the {type(self.launcher).__name__} runs "
                 "jobs in other processes, which cannot reach it")
         self._heartbeat = None if memory else self.heartbeat_interval
@@ -488,7 +488,7 @@ class StudySweeper(OptunaSweeperImpl):
                 "hydra.sweeper.study_name", self.study_name,
                 "the command that started the study (to resume it), or a new name with "
                 "hydra.sweeper.study_name=<name> (or another hydra.sweeper.storage)",
-                f"The study in {self.url} was started by a different search: "
+                f"The study in {display_url(self.url)} was started by a different search: "
                 + "; ".join(differences) + ". Resuming it would mix trials that do not compare",
             )
 
