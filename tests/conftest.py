@@ -63,3 +63,20 @@ def run_app(tmp_path):
 def run_dirs(root: Path) -> list[Path]:
     """Every run directory (holding .hydra/) under root/outputs, sorted."""
     return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of the tests' own for the whole session (tests/postgres.py); each test
+    makes its own database with `postgres_server.create_database(name)`."""
+    from tests.postgres import PostgresServer, bin_dir
+
+    binaries = bin_dir()
+    if binaries is None:
+        pytest.fail("PostgreSQL server binaries not found (no /usr/lib/postgresql/<version>/bin, no initdb on "
+                    "PATH): install them, e.g. apt-get install -y postgresql (.ci/run does)")
+    server = PostgresServer(binaries)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -1,4 +1,5 @@
-"""optuna-dashboard (the `dashboard` extra) serves the app's studies: the live view of a sweep."""
+"""optuna-dashboard (the `dashboard` extra) serves the app's studies: the live view of a sweep, on
+each kind of storage (a SQLite file, PostgreSQL, a journal file)."""
 from __future__ import annotations
 
 import json
@@ -28,15 +29,23 @@ def _get(port: int, path: str) -> dict:
         return json.loads(response.read())
 
 
-def test_optuna_dashboard_serves_a_study_with_trials_and_importances(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "journal"])
+def test_optuna_dashboard_serves_a_study_with_trials_and_importances(tmp_path, request, kind):
     # The console script installed beside this interpreter (a venv's bin/), else on PATH.
     script = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or shutil.which("optuna-dashboard")
     if script is None:
         pytest.skip("optuna-dashboard is not installed (the `dashboard` extra)")
-    sweeper = make_sweeper(tmp_path, n_trials=6, params="interval(0, 0.9)")
+    storage = None  # sqlite: the default file
+    if kind == "postgresql":
+        storage = request.getfixturevalue("postgres_server").create_database("dash")
+    elif kind == "journal":
+        storage = f"journal:///{tmp_path}/studies/unit.log"
+    sweeper = make_sweeper(tmp_path, n_trials=6, params="interval(0, 0.9)", storage=storage)
     sweeper.sweep([])
+    # what to give optuna-dashboard: the storage URL; for a journal, the file's path
+    target = str(tmp_path / "studies" / "unit.log") if kind == "journal" else sweeper.url
     port = _free_port()
-    server = subprocess.Popen([script, sweeper.url, "--host", "127.0.0.1", "--port", str(port)],
+    server = subprocess.Popen([script, target, "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         printed = []

@@ -123,6 +123,8 @@ def test_doctor_reports_versions_and_writable_outputs(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # it created nothing
     assert rows.get("cuda", rows.get("cuda:0"))[0] in ("INFO", "OK")
     assert rows["app_optuna sweeper"] == ("OK", "entry point app.search.plugin:AppOptunaSweeper")
+    assert "PostgreSQL through psycopg 3." in rows["sweep storage"][1]  # the dev extra installs both
+    assert rows["SLURM launcher"][0] == "OK"
 
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")

@@ -26,7 +26,7 @@ from app.search.report import edge_warning, grid_report, optuna_report, write_re
 from app.search import sweeper as sweeper_module
 from app.search.pruners import CurveExtrapolationPruner, extrapolate
 from app.run.record import Summary
-from app.search.study import TRIAL_ENV, rdb_storage
+from app.search.study import TRIAL_ENV, open_storage
 from app.search.sweeper import (
     StudySweeper,
     abandoned,
@@ -259,7 +259,7 @@ def make_sweeper(tmp_path, n_trials=4, n_jobs=1, params="interval(0, 1)", launch
 
 
 def stored_study(tmp_path, name="unit"):
-    return optuna.load_study(study_name=name, storage=rdb_storage(f"sqlite:///{tmp_path}/outputs/studies/{name}.db"))
+    return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{tmp_path}/outputs/studies/{name}.db"))
 
 
 def test_sweeper_tells_states_from_run_dirs_and_names_run_dirs_after_trials(tmp_path):
@@ -418,7 +418,7 @@ def _fake_run(run_dir: Path, curve: list[float], status="completed"):
 
 def test_report_of_a_study_has_table_best_importances_edge_warnings_and_plots(tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
-    study = optuna.create_study(study_name="r", storage=rdb_storage(url), sampler=optuna.samplers.RandomSampler(seed=1))
+    study = optuna.create_study(study_name="r", storage=open_storage(url), sampler=optuna.samplers.RandomSampler(seed=1))
     for i in range(8):
         trial = study.ask()
         lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)

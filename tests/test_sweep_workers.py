@@ -11,8 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from app.search.study import rdb_storage
-from app.search.sweeper import claim
+from app.search.study import open_storage
+from app.search.sweeper import claim, is_finished
 from app.search.trial import Heartbeat
 from tests.test_search import FakeLauncher, make_sweeper, stored_study
 
@@ -62,7 +62,7 @@ def _stale_trial(tmp_path, x=0.3):
     """A RUNNING trial of a worker on another host whose last heartbeat is old."""
     make_sweeper(tmp_path, n_trials=1).sweep([])
     url = f"sqlite:///{tmp_path}/outputs/studies/unit.db"
-    study = optuna.load_study(study_name="unit", storage=rdb_storage(url, heartbeat_interval=1))
+    study = optuna.load_study(study_name="unit", storage=open_storage(url, heartbeat_interval=1))
     study.enqueue_trial({"x": x})
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
@@ -90,7 +90,7 @@ def test_a_running_trial_with_a_fresh_heartbeat_is_waited_for(tmp_path):
     seen = {}
 
     def the_other_worker_finishes(_):  # the trial was left RUNNING while this worker ran its own
-        study = optuna.load_study(study_name="unit", storage=rdb_storage(url))
+        study = optuna.load_study(study_name="unit", storage=open_storage(url))
         seen["state"] = study.trials[trial.number].state
         study.tell(trial.number, 0.3)
 
@@ -238,7 +238,7 @@ def test_the_job_records_its_trials_heartbeat_until_the_run_ends(tmp_path):
     from app.search.trial import OptunaTrial
 
     url = f"sqlite:///{tmp_path}/hb.db"
-    study = optuna.create_study(study_name="hb", storage=rdb_storage(url, heartbeat_interval=1))
+    study = optuna.create_study(study_name="hb", storage=open_storage(url, heartbeat_interval=1))
     asked = study.ask()
     trial = OptunaTrial(study, asked._trial_id)
     trial.start_heartbeat(1)
@@ -248,3 +248,22 @@ def test_the_job_records_its_trials_heartbeat_until_the_run_ends(tmp_path):
     assert rows == [(asked._trial_id,)]
     trial.close()
     assert trial.heartbeat is None and not thread.is_alive()
+
+
+def test_an_interrupted_trial_queued_again_by_two_workers_at_once_runs_once(tmp_path):
+    make_sweeper(tmp_path, n_trials=1).sweep([])
+    study = stored_study(tmp_path)
+    interrupted = study.ask()
+    interrupted.suggest_float("x", 0, 1)
+    interrupted.set_user_attr("interrupted", True)
+    study.tell(interrupted, state=TrialState.FAIL)
+    for _ in range(2):  # both workers found it failed and no retry yet
+        study.enqueue_trial(interrupted.params, user_attrs={"retry_of": interrupted.number})
+    make_sweeper(tmp_path, n_trials=3).sweep([])
+    trials = stored_study(tmp_path).trials
+    first, second = (t for t in trials if t.user_attrs.get("retry_of") == interrupted.number)
+    assert first.state == TrialState.COMPLETE and first.params == interrupted.params
+    assert second.state == TrialState.FAIL and second.user_attrs["surplus"] is True
+    assert f"trial {first.number} retries trial {interrupted.number}" in second.user_attrs["reason"]
+    assert "run_dir" not in second.user_attrs  # never launched
+    assert sum(is_finished(t) for t in trials) == 3 and len(trials) == 5  # 0, the retry, one more

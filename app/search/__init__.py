@@ -10,7 +10,8 @@ The pieces, in the order a sweep meets them:
   batch barrier: a free slot gets the next trial at once.
 - `pool`: where the jobs run: the sweep's own worker processes for the joblib launcher (a dead
   worker fails only its trial), a thread per job for other launchers, in-process for the basic one.
-- `study`: the study's file (`<sweep dir>/study.json`), storage URLs, SQLite set-up, the states.
+- `study`: the study's file (`<sweep dir>/study.json`), storage URLs (SQLite, PostgreSQL, journal
+  files) and opening them, the one-paragraph refusal of a storage that cannot be opened, the states.
 - `trial.OptunaTrial`: the job's side: it finds its trial, reports the monitored metric every
   validated epoch and asks the pruner (through `app.callbacks.Pruning`).
 - `pruners.CurveExtrapolationPruner`: prunes a trial whose learning curve, extrapolated to the

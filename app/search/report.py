@@ -2,6 +2,8 @@
 
     python -m app.search.report <sweep dir>                      # any sweep: grid or Optuna
     python -m app.search.report --storage sqlite:///outputs/studies/<name>.db [--study <name>]
+    python -m app.search.report --storage postgresql+psycopg://user@host/db --study <name>
+    python -m app.search.report --storage journal:////shared/studies/<name>.log
 
 Written after every `--multirun` (by `app.search.callback.SweepSummary`) and on demand, into the sweep
 dir (or `--out`):
@@ -521,7 +523,9 @@ def report_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None) -> tu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.search.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", nargs="?", help="a sweep directory (outputs/sweeps/<date>/<time>)")
-    parser.add_argument("--storage", help="an Optuna storage URL, e.g. sqlite:///outputs/studies/<name>.db")
+    parser.add_argument("--storage", help="a study storage URL as hydra.sweeper.storage takes it: "
+                                          "sqlite:///outputs/studies/<name>.db, postgresql+psycopg://user@host/db, "
+                                          "journal:///studies/<name>.log")
     parser.add_argument("--study", help="the study's name (default: the storage's only study)")
     parser.add_argument("--out", help="where to write report.md and the plots (default: the sweep dir, "
                                       "or <storage file>-report/)")
@@ -541,7 +545,7 @@ class ReportError(Exception):
 
 
 def _run(args: argparse.Namespace) -> tuple[Report, list[Path]]:
-    from app.search.study import absolute_storage, sqlite_path
+    from app.search.study import absolute_storage, display_url, open_storage, storage_file, storage_refusal
 
     if bool(args.sweep_dir) == bool(args.storage):
         raise ReportError("give a sweep directory, or --storage <url> (one of the two)")
@@ -553,16 +557,24 @@ def _run(args: argparse.Namespace) -> tuple[Report, list[Path]]:
             raise ReportError(f"{sweep_dir} holds no sweep jobs (no <job>/.hydra/overrides.yaml) and no study.json")
         return report_sweep(sweep_dir, args.out)
     url = absolute_storage(args.storage, Path.cwd())
-    path = sqlite_path(url)
+    path = storage_file(url)
     if path is not None and not path.exists():
         raise ReportError(f"no such storage file: {path}")
     import optuna
 
-    names = [s.study_name for s in optuna.study.get_all_study_summaries(url)]
+    try:
+        names = [s.study_name for s in optuna.study.get_all_study_summaries(open_storage(url))]
+    except Exception as error:  # noqa: BLE001 - an unreachable or malformed storage: one paragraph
+        refusal = storage_refusal(url, error, key="--storage")
+        if refusal is None:
+            raise
+        raise ReportError(str(refusal)) from None
     name = args.study or (names[0] if len(names) == 1 else None)
     if name not in names:
-        raise ReportError(f"study {args.study!r} is not in {url}; it has: {', '.join(names) or 'no study'}"
-                          if args.study else f"{url} has several studies ({', '.join(names)}): choose one with --study")
+        shown = display_url(url)
+        raise ReportError(f"study {args.study!r} is not in {shown}; it has: {', '.join(names) or 'no study'}"
+                          if args.study else
+                          f"{shown} has several studies ({', '.join(names)}): choose one with --study")
     out = Path(args.out) if args.out else (path.with_name(f"{path.stem}-report") if path else Path(f"{name}-report"))
     report = optuna_report(url, name)
     return report, write_report(report, out)

@@ -1,9 +1,18 @@
 """Where a study lives and what a sweep directory says about it.
 
-- Storage: `hydra.sweeper.storage`, or by default `sqlite:///<launch dir>/outputs/studies/<study
+- Storage (`hydra.sweeper.storage`), by default `sqlite:///<launch dir>/outputs/studies/<study
   name>.db`: a stable file per study, so running the same command again resumes the study.
-  SQLite files are switched to WAL journaling and opened with a long lock timeout, so several
-  processes (the sweeper and `hydra/launcher=joblib` workers) can write at once.
+  `open_storage(url)` opens any of the forms a sweep accepts:
+  - `sqlite:///<path>.db`: a file (3 slashes: relative to the launch dir; 4: absolute). SQLite
+    files are switched to WAL journaling and opened with a long lock timeout, so several
+    processes on one machine (sweep workers, `hydra/launcher=joblib` jobs) can write at once.
+  - `sqlite:///:memory:`: the sweep process only (no resume).
+  - a database server, e.g. `postgresql+psycopg://user:password@host:5432/db` (the `postgres`
+    extra installs the psycopg 3 driver): any SQLAlchemy URL whose driver is installed.
+  - `journal:///<path>`: Optuna's JournalStorage in a file (same slashes as SQLite), for a shared
+    filesystem without a database server: writers take the file's lock (a symlink beside it).
+    Heartbeats are recorded as a trial system attribute (Optuna keeps none for journals).
+  `storage_refusal(url, error)` turns a storage that cannot be opened into one paragraph.
 - `<sweep dir>/study.json` (`StudyFile`): the storage URL, the study's name and direction, the
   resolved pruner config and how many jobs run at once. Jobs read it to find their study, and
   `python -m app.search.report <sweep dir>` reads it to find the trials.
@@ -21,6 +30,7 @@ from typing import Any, Iterable
 
 STUDY_FILE = "study.json"
 TRIAL_ENV = "APP_OPTUNA_TRIAL_ID"  # set for each job (hydra.job.env_set): the Optuna trial id
+MEMORY_URL = "sqlite:///:memory:"
 SQLITE_TIMEOUT_S = 60.0  # how long a writer waits for another process's lock on the file
 
 # How each run status (app/run/record.py STATUSES) is told to Optuna. A diverged run is PRUNED, not
@@ -53,29 +63,48 @@ def default_storage(study_name: str, launch_dir: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
+SQLITE_PREFIX = "sqlite:///"
+JOURNAL_PREFIX = "journal:///"
+FILE_PREFIXES = (SQLITE_PREFIX, JOURNAL_PREFIX)
+STORAGE_ACCEPTED = ("sqlite:///<path>.db (a file; 3 slashes: relative to the launch dir, 4: absolute), "
+                    "sqlite:///:memory: (this process only), journal:///<path>.log (an Optuna journal file, "
+                    "for a shared filesystem), or a reachable database URL whose driver is installed, "
+                    "e.g. postgresql+psycopg://user:password@host:5432/db (pip install -e \".[postgres]\")")
+
+
 def absolute_storage(url: str, launch_dir: str | Path) -> str:
-    """`sqlite:///relative.db` resolved against the launch dir, so that workers and
-    `app.search.report` find the same file whatever their working directory; other URLs unchanged."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + str(Path(launch_dir).resolve() / url[len(prefix):])
+    """`sqlite:///relative.db` and `journal:///relative.log` resolved against the launch dir, so
+    that workers and `app.search.report` find the same file whatever their working directory;
+    other URLs unchanged."""
+    for prefix in FILE_PREFIXES:
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != MEMORY_URL:
+            return prefix + str(Path(launch_dir).resolve() / url[len(prefix):])
     return url
 
 
 def sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite:///"
-    return Path(url[len(prefix):]) if url.startswith(prefix) and url != prefix + ":memory:" else None
+    return Path(url[len(SQLITE_PREFIX):]) if url.startswith(SQLITE_PREFIX) and url != MEMORY_URL else None
+
+
+def journal_path(url: str) -> Path | None:
+    return Path(url[len(JOURNAL_PREFIX):]) if url.startswith(JOURNAL_PREFIX) else None
+
+
+def storage_file(url: str) -> Path | None:
+    """The file a SQLite or journal storage lives in (None: a server, or in memory)."""
+    return sqlite_path(url) or journal_path(url)
 
 
 def prepare_storage(url: str) -> None:
-    """Create a SQLite file's folder and switch it to WAL journaling (kept by the file), under
-    which readers never block the writer and writers wait instead of failing."""
-    path = sqlite_path(url)
+    """Create a storage file's folder; switch a SQLite file to WAL journaling (kept by the file),
+    under which readers never block the writer and writers wait instead of failing."""
+    path = storage_file(url)
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
+    if path == sqlite_path(url):
+        with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
 
 
 def _sqlite_connection(path: Path) -> sqlite3.Connection:
@@ -86,7 +115,6 @@ def _sqlite_connection(path: Path) -> sqlite3.Connection:
     return connection
 
 
-MEMORY_URL = "sqlite:///:memory:"
 # In-memory studies (`sqlite:///:memory:`) exist only inside one connection: the sweeper makes the
 # storage (`new_memory_storage`) and jobs of the basic launcher, in the same process, open it here.
 _MEMORY_STORAGES: dict[str, Any] = {}
@@ -97,7 +125,7 @@ def is_memory(url: str) -> bool:
 
 
 def new_memory_storage(url: str = MEMORY_URL):
-    """A fresh in-memory storage, registered so that `rdb_storage(url)` in this process returns it."""
+    """A fresh in-memory storage, registered so that `open_storage(url)` in this process returns it."""
     import optuna
     import sqlalchemy.pool
 
@@ -107,14 +135,21 @@ def new_memory_storage(url: str = MEMORY_URL):
     return _MEMORY_STORAGES[url]
 
 
-def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                on_stale: Any = None):
-    """An Optuna RDB storage for `url`. For SQLite: connections wait up to SQLITE_TIMEOUT_S for
-    another process's lock, commit without fsync (see _sqlite_connection), and one connection is
-    kept open (closing the last connection of a WAL file checkpoints it: ~5 ms per operation).
-    `heartbeat_interval`, `grace_period` (seconds; None: no heartbeats) and `on_stale` (called
-    for each trial that `optuna.storages.fail_stale_trials` fails) are Optuna's heartbeat options.
-    `sqlite:///:memory:`: the storage `new_memory_storage` registered in this process (no heartbeats)."""
+def _first_byte(path: Path) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(1)
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 on_stale: Any = None):
+    """The Optuna storage for `url` (the forms in the module docstring). `heartbeat_interval`,
+    `grace_period` (seconds; None: no heartbeats) and `on_stale` (called for each trial that
+    `optuna.storages.fail_stale_trials` fails) are Optuna's heartbeat options.
+    SQLite: connections wait up to SQLITE_TIMEOUT_S for another process's lock, commit without
+    fsync (see _sqlite_connection), and one connection is kept open (closing the last connection
+    of a WAL file checkpoints it: ~5 ms per operation).
+    `sqlite:///:memory:`: the storage `new_memory_storage` registered in this process (no heartbeats).
+    Raises what the storage raises (`storage_refusal` tells the user's mistakes from the rest)."""
     import optuna
     import sqlalchemy.pool
 
@@ -122,6 +157,17 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
         if url not in _MEMORY_STORAGES:
             new_memory_storage(url)
         return _MEMORY_STORAGES[url]
+    journal = journal_path(url)
+    if journal is not None:
+        from app.search.internals import JournalHeartbeatStorage
+
+        if journal.is_file() and _first_byte(journal) not in (b"", b"{"):
+            # Optuna would append to any file: never write into someone else's data
+            raise ValueError(f"{journal} is not an Optuna journal file (one JSON object per line)")
+        backend = optuna.storages.journal.JournalFileBackend(str(journal))
+        if not heartbeat_interval:
+            return optuna.storages.JournalStorage(backend)
+        return JournalHeartbeatStorage(backend, int(heartbeat_interval), grace_period, on_stale)
     heartbeat = {}
     if heartbeat_interval:
         heartbeat = {"heartbeat_interval": int(heartbeat_interval), "grace_period": grace_period,
@@ -134,13 +180,58 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None, **heartbeat)
 
 
+def display_url(url: str) -> str:
+    """`url` with its password, if any, shown as *** (`scheme://user:***@host/db`): for logs and messages."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def is_creation_race(error: BaseException) -> bool:
+    """Whether a database error is another worker creating the same tables or study right now
+    (SQLite: "table ... already exists", "database is locked"; PostgreSQL: "relation ... already
+    exists", a duplicate key in the catalog)."""
+    text = str(error)
+    return any(words in text for words in ("already exists", "locked", "duplicate key"))
+
+
+def storage_refusal(url: str, error: BaseException, key: str = "hydra.sweeper.storage"):
+    """The `ConfigError` (one paragraph naming `key`) for a storage that `open_storage` or a first
+    operation on it failed on with `error` because of the URL or the machine: a malformed URL, a
+    driver that is not installed, a server that is down or refuses the credentials, a folder that
+    cannot be made, a file that is not a study storage. None for anything else (a bug, or a race
+    between workers that the caller retries)."""
+    import sqlalchemy.exc
+
+    from app.errors import ConfigError
+
+    def refuse(reason: str) -> ConfigError:
+        return ConfigError(key, display_url(url), STORAGE_ACCEPTED, " ".join(reason.split()))  # one paragraph
+
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and is_creation_race(error):
+        return None
+    if isinstance(error, ImportError):
+        driver = getattr(error.__cause__, "name", None) or getattr(error, "name", None) or ""
+        hint = ' (for PostgreSQL: pip install -e ".[postgres]")' if "psycopg" in driver or "postgres" in url else ""
+        return refuse(f"Its database driver is not installed{hint}: {error.__cause__ or error}")
+    if isinstance(error, (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError)):
+        return refuse(f"It is not a database URL this machine can open ({type(error).__name__}: {error})")
+    if isinstance(error, sqlalchemy.exc.DBAPIError):  # the server is down, refuses the login, ...
+        return refuse(f"It cannot be opened: {getattr(error, 'orig', None) or error}")
+    if isinstance(error, (sqlite3.Error, OSError)):
+        return refuse(f"It cannot be opened: {error}")
+    if isinstance(error, (ValueError, UnicodeDecodeError)) and storage_file(url) is not None:
+        return refuse(f"The file is not an Optuna study storage of this kind ({type(error).__name__}: {error})")
+    if isinstance(error, ValueError) and not storage_file(url):  # e.g. a port that is not a number
+        return refuse(f"It is not a valid database URL ({error})")
+    return None
+
+
 def load_study(url: str, study_name: str, pruner: Any = None, sampler: Any = None, storage: Any = None):
     """Open an existing study (in `storage`, default: a new storage for `url`). Without a sampler,
     a RandomSampler: a job that only reports values should not pay for a model-based sampler's set-up."""
     import optuna
 
     return optuna.load_study(
-        study_name=study_name, storage=storage or rdb_storage(url), pruner=pruner,
+        study_name=study_name, storage=storage or open_storage(url), pruner=pruner,
         sampler=sampler or optuna.samplers.RandomSampler(),
     )
 

@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import socket
-import sqlite3
 import sys
 import time
 import warnings
@@ -65,11 +64,13 @@ from app.search.study import (
     StudyFile,
     absolute_storage,
     default_storage,
+    display_url,
     is_memory,
     load_study,
     new_memory_storage,
+    open_storage,
     prepare_storage,
-    rdb_storage,
+    storage_refusal,
     trial_state,
 )
 from app.search.trial import Heartbeat
@@ -385,12 +386,13 @@ class StudySweeper(OptunaSweeperImpl):
         self.study_name = self.study_name or self.config.hydra.job.name
         self.url = (absolute_storage(str(self.storage), launch_dir) if self.storage
                     else default_storage(self.study_name, launch_dir))
-        parallel = self.n_jobs if type(self.launcher).__name__ != "BasicLauncher" else 1
+        # trials at once on this machine's cores and GPUs (basic: one at a time; SLURM: their own nodes)
+        parallel = self.n_jobs if type(self.launcher).__name__ not in ("BasicLauncher", "SlurmLauncher") else 1
         memory = is_memory(self.url)
         if memory and type(self.launcher).__name__ != "BasicLauncher":
             raise ConfigError(
-                "hydra.sweeper.storage", self.url, "a file (sqlite:///path.db) or a database server URL, "
-                "or hydra/launcher=basic with the in-memory storage",
+                "hydra.sweeper.storage", self.url, "a file (sqlite:///path.db, journal:///path.log) or a "
+                "database server URL, or hydra/launcher=basic with the in-memory storage",
                 f"An in-memory study lives in the sweep process; the {type(self.launcher).__name__} runs "
                 "jobs in other processes, which cannot reach it")
         self._heartbeat = None if memory else self.heartbeat_interval
@@ -408,7 +410,7 @@ class StudySweeper(OptunaSweeperImpl):
         gpus = self._gpus_to_share(parallel)
         finished = sum(is_finished(t) for t in study.get_trials(deepcopy=False))
         log.info("Study %r in %s (%s, sampler %s, pruner %s): %d of %d trials finished%s",
-                 self.study_name, self.url, direction, type(self.sampler).__name__,
+                 self.study_name, display_url(self.url), direction, type(self.sampler).__name__,
                  type(self.pruner).__name__, finished, self.n_trials,
                  "; resuming" if finished else "")
 
@@ -565,7 +567,7 @@ class StudySweeper(OptunaSweeperImpl):
     def _make_storage(self, memory: bool = False):
         if memory:
             return new_memory_storage(self.url)
-        return rdb_storage(self.url, self._heartbeat, self.grace_period if self._heartbeat else None)
+        return open_storage(self.url, self._heartbeat, self.grace_period if self._heartbeat else None)
 
     def _storage(self):
         """The sweeper's storage for self.url (one object per sweep: an in-memory study is in it)."""
@@ -579,9 +581,6 @@ class StudySweeper(OptunaSweeperImpl):
         loser retries (bounded)."""
         import sqlalchemy.exc
 
-        accepted = ("sqlite:///<path>.db (a file; relative paths from the launch dir), sqlite:///:memory: "
-                    "(this process only), or a reachable database URL whose driver is installed, "
-                    "e.g. postgresql+psycopg2://user@host/db")
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 prepare_storage(self.url)
@@ -592,18 +591,13 @@ class StudySweeper(OptunaSweeperImpl):
                 )
             except (sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError) as error:
                 last = error  # another worker created it between our look and our insert
-            except sqlalchemy.exc.OperationalError as error:
-                if "already exists" not in str(error) and "locked" not in str(error):
-                    raise ConfigError("hydra.sweeper.storage", self.url, accepted,
-                                      f"It cannot be opened: {str(error.orig).strip()}") from None
+            except Exception as error:  # noqa: BLE001 - the user's URL or machine, or a race (retried)
+                refusal = storage_refusal(self.url, error)
+                if refusal is not None:
+                    raise refusal from None
+                if not isinstance(error, sqlalchemy.exc.DBAPIError):
+                    raise
                 last = error  # another worker is creating the tables
-            except (ImportError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as error:
-                raise ConfigError("hydra.sweeper.storage", self.url, accepted,
-                                  f"It is not a database URL this machine can open ({type(error).__name__}: "
-                                  f"{error})") from None
-            except (sqlite3.Error, OSError) as error:
-                raise ConfigError("hydra.sweeper.storage", self.url, accepted,
-                                  f"It cannot be opened: {error}") from None
             log.info("Study %r: another worker is creating it (%s); trying again", self.study_name,
                      type(last).__name__)
             time.sleep(0.1 * 2 ** attempt)  # 0.1, 0.2, 0.4, 0.8 s
@@ -612,26 +606,36 @@ class StudySweeper(OptunaSweeperImpl):
     def _ask(self, study, count: int) -> list:
         """Ask `count` trials and claim them; give back (FAIL, `surplus`) any that another worker's
         concurrent ask made one too many: taken trials (finished or RUNNING), in number order,
-        beyond n_trials."""
+        beyond n_trials; and a retry of an interrupted trial that another worker queued too (two
+        workers that found it at once): the lowest-numbered retry runs."""
         with warnings.catch_warnings():  # Optuna: heartbeats are "supposed to be used with optimize"
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trials = [study.ask() for _ in range(count)]
         for trial in trials:
             claim(study, trial)
-        taken = sorted(t.number for t in study.get_trials(deepcopy=False)
-                       if is_finished(t) or t.state == TrialState.RUNNING)
+        known = study.get_trials(deepcopy=False)
+        taken = sorted(t.number for t in known if is_finished(t) or t.state == TrialState.RUNNING)
         beyond = set(taken[self.n_trials:])
+        first_retry: dict[int, int] = {}  # interrupted trial -> the lowest number retrying it
+        for t in known:
+            if t.user_attrs.get("retry_of") is not None and not t.user_attrs.get("surplus"):
+                of = t.user_attrs["retry_of"]
+                first_retry[of] = min(first_retry.get(of, t.number), t.number)
         kept = []
         for trial in trials:
-            if trial.number not in beyond:
+            retry_of = trial.user_attrs.get("retry_of")
+            if trial.number in beyond:
+                reason = "not run: another worker asked the last trial"
+            elif retry_of is not None and first_retry.get(retry_of, trial.number) != trial.number:
+                reason = f"not run: trial {first_retry[retry_of]} retries trial {retry_of} already"
+            else:
                 kept.append(trial)
                 continue
             storage = storage_of(study)
             storage.set_trial_user_attr(trial_id(trial), "surplus", True)
-            storage.set_trial_user_attr(trial_id(trial), "reason", "not run: another worker asked the last trial")
+            storage.set_trial_user_attr(trial_id(trial), "reason", reason)
             self._finish(study, trial.number, Outcome(TrialState.FAIL, None, Status.FAILED))
-            log.info("Trial %d not run: other workers already run the last of the %d trials",
-                     trial.number, self.n_trials)
+            log.info("Trial %d %s", trial.number, reason)
         return kept
 
     def _beat_for(self, trial_ids: Callable[[], list[int]]) -> Heartbeat | None:
@@ -714,7 +718,7 @@ class StudySweeper(OptunaSweeperImpl):
                 "hydra.sweeper.study_name", self.study_name,
                 "the command that started the study (to resume it); or, to start afresh, a new name with "
                 "hydra.sweeper.study_name=<name>, or a fresh storage with hydra.sweeper.storage=<url>",
-                f"The study in {self.url} was started by a different search: "
+                f"The study in {display_url(self.url)} was started by a different search: "
                 + "; ".join(differences) + ". Resuming it would mix trials that do not compare",
             )
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from app.search.internals import trial_id
 from app.search.internals import storage as storage_of
-from app.search.study import TRIAL_ENV, StudyFile, load_study, rdb_storage, trial_state
+from app.search.study import TRIAL_ENV, StudyFile, load_study, open_storage, trial_state
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def current_trial(trusted_modules: Iterable[str] = ()) -> OptunaTrial | None:
     trial = OptunaTrial(study, int(trial_id))
     trial.set_user_attr("run_dir", str(hydra_cfg.runtime.output_dir))
     if info.heartbeat_interval:
-        trial.start_heartbeat(info.heartbeat_interval, rdb_storage(info.storage, info.heartbeat_interval))
+        trial.start_heartbeat(info.heartbeat_interval, open_storage(info.storage, info.heartbeat_interval))
     if info.parallel_jobs > 1:
         share_cpu_threads(info.parallel_jobs)
     return trial

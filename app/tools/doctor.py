@@ -60,7 +60,13 @@ def package_rows() -> list[Row]:
         status = "OK" if version else ("FAIL" if needed else "WARN")
         rows.append((package, status, version or "not installed"))
     if _version("optuna"):
-        rows.append(("sweep storage", "INFO", f"sqlalchemy {_version('sqlalchemy')} (SQLite/PostgreSQL studies)"))
+        psycopg = _version("psycopg")
+        rows.append(("sweep storage", "INFO", f"sqlalchemy {_version('sqlalchemy')}: SQLite and journal files; "
+                     + (f"PostgreSQL through psycopg {psycopg}" if psycopg
+                        else "PostgreSQL needs pip install '.[postgres]'")))
+    submitit = _version("hydra-submitit-launcher")
+    rows.append(("SLURM launcher", "OK" if submitit else "INFO",
+                 submitit or "not installed: pip install '.[slurm]' for hydra/launcher=slurm"))
     rows.append(sweeper_row())
     dashboard = _version("optuna-dashboard")
     rows.append(("optuna-dashboard", "OK" if dashboard else "INFO",

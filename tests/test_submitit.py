@@ -1,0 +1,54 @@
+"""SLURM through hydra-submitit-launcher: the `hydra/launcher=slurm` and `slurm_local` presets
+compose with the app's sweeper, and an Optuna sweep runs end to end through submitit's local
+executor (each trial a job of its own process, as on a cluster)."""
+from __future__ import annotations
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from optuna.trial import TrialState
+
+from app.search.study import open_storage
+from tests.conftest import CONF, FAST
+
+SEARCH = ["hparams_search=regression_optuna", "hydra/sweeper/sampler=random", "model.nodes=16", "model.layers=2",
+          "optimizer.weight_decay=0"]
+
+
+def hydra_config(*overrides):
+    with initialize_config_dir(config_dir=str(CONF)):
+        return compose("config", overrides=list(overrides), return_hydra_config=True).hydra
+
+
+def test_the_slurm_preset_composes_with_the_sweeper_and_takes_the_usual_keys():
+    hydra = hydra_config(*SEARCH, "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                         "hydra.launcher.timeout_min=30", "hydra.sweeper.n_jobs=8")
+    assert hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert hydra.sweeper._target_ == "app.search.plugin.AppOptunaSweeper" and hydra.sweeper.n_jobs == 8
+    launcher = hydra.launcher
+    assert (launcher.partition, launcher.timeout_min) == ("gpu", 30)  # the command line's
+    assert (launcher.gpus_per_task, launcher.cpus_per_task, launcher.mem_gb, launcher.array_parallelism) == (1, 8, 32, 32)
+    assert launcher.submitit_folder == "outputs/submitit/%j"
+
+
+def test_the_local_variant_composes_with_the_submitit_local_executor():
+    hydra = hydra_config(*SEARCH, "hydra/launcher=slurm_local")
+    assert hydra.launcher._target_.endswith("submitit_launcher.LocalLauncher")
+    assert hydra.launcher.timeout_min == 60 and "partition" not in hydra.launcher
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_runs_end_to_end_through_the_submitit_local_launcher(run_app, tmp_path):
+    proc = run_app("--multirun", *SEARCH, *FAST, "hydra/launcher=slurm_local", "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.n_jobs=2", "hydra.sweep.dir=outputs/sweeps/slurm_local",
+                   "~hydra.callbacks.sweep_summary", check=True)
+    assert "Submitit 'local'" in proc.stdout + proc.stderr
+    storage = open_storage(f"sqlite:///{tmp_path}/outputs/studies/train-regression_optuna.db")
+    trials = optuna.load_study(study_name="train-regression_optuna", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # exactly n_trials
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "slurm_local"
+    for t in trials:
+        assert (sweep_dir / str(t.number) / "summary.json").exists()
+        assert t.user_attrs["run_dir"] == str(sweep_dir / str(t.number))  # the job reported to its trial
+    job_logs = list((tmp_path / "outputs" / "submitit").glob("*/*_log.out"))
+    assert len(job_logs) == 2  # each trial ran as a submitit job of its own
