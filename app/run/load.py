@@ -139,7 +139,7 @@ class TrainedRun:
     feature_columns: list[str] | None
     targets: list[str] | None
     classes: list[Any] | None
-    scaling: Scaling | None
+    scaling: Scaling | None  # on the CPU, where inputs are scaled
     precision: str = "32"
 
     # ------------------------------------------------------------------ inputs
@@ -173,8 +173,8 @@ class TrainedRun:
     def transform(self, inputs: Any) -> torch.Tensor:
         """float32 [n, in_features] on `device`: the inputs as the model saw them in training
         (the run's scaling applied)."""
-        x = torch.from_numpy(self.matrix(inputs)).float().to(self.device)
-        return self.scaling.apply(x) if self.scaling is not None else x
+        x = torch.from_numpy(self.matrix(inputs)).float()
+        return (self.scaling.apply(x) if self.scaling is not None else x).to(self.device)
 
     # ------------------------------------------------------------------ outputs
     @torch.no_grad()
@@ -270,8 +270,6 @@ def load_run(path: str | Path, checkpoint: str = "best", *, device: str | torch.
     if precision == "16-mixed" and device.type != "cuda":
         precision = "32"  # float16 autocast is a CUDA mode; the weights are float32 anyway
     scaling = Scaling.from_dict(record["scaling"]) if record["scaling"] is not None else None
-    if scaling is not None:
-        scaling.shift, scaling.scale = scaling.shift.to(device), scaling.scale.to(device)
     return TrainedRun(
         run_dir=run_dir, checkpoint=file, epoch=int(state.get("epoch", 0)), cfg=cfg, model=model,
         device=device, task=record["task"], in_features=record["in_features"],
