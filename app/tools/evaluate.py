@@ -67,7 +67,7 @@ def launch_dir(run_dir: Path) -> Path | None:
     return None
 
 
-def data_config(cfg: DictConfig, run: Any, overrides: dict[str, Any]) -> DictConfig:
+def data_config(cfg: DictConfig, run: Any, overrides: dict[str, Any], split: str | None) -> DictConfig:
     """The run's config with the data overrides, ready to rebuild the data without refitting
     anything: scaling off (the checkpoint's is applied), the run's task, and another file read
     by the run's feature columns."""
@@ -85,6 +85,8 @@ def data_config(cfg: DictConfig, run: Any, overrides: dict[str, Any]) -> DictCon
             data.features = list(run.feature_columns)
             if "exclude" in data:
                 data.exclude = []
+        if "path" in overrides and split in (None, "all") and "test_fraction" in data:
+            data.test_fraction = 0.0  # all of another file: no split needs a row of its own
         if "scaling" in data:
             data.scaling = "none"
         if "task" in data and "task" not in overrides:
@@ -161,7 +163,7 @@ def evaluate(run_dir: str, overrides: list[str] = (), checkpoint: str = "best", 
 
     run = load_run(run_dir, checkpoint, device=device)
     values = parse_data_overrides(list(overrides), run.cfg.data)
-    cfg = data_config(run.cfg, run, values)
+    cfg = data_config(run.cfg, run, values, split)
     data = build_data(cfg)
     if data.task != run.task:
         raise ConfigError("data.task", data.task, f"{run.task}, the run's task")

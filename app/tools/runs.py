@@ -265,9 +265,10 @@ def plot(values: list[str], out: str, metrics: list[str] | None = None) -> Path:
             except (OSError, ValueError, KeyError) as error:
                 raise ConfigError("--plot", str(path), "run directories with a readable metrics.csv",
                                   f"{path / 'metrics.csv'} cannot be read ({type(error).__name__}: {error})") from None
-    if not any(epochs for epochs, _ in curves.values()):
-        raise ConfigError("--metric", ",".join(metrics), "a column of the runs' metrics.csv, e.g. val_loss, train_loss",
-                          "None of the runs has a value of it (or they have no metrics.csv yet)")
+    for metric in metrics:
+        if not any(curves[(path, metric)][0] for path in paths):
+            raise ConfigError("--metric", metric, "a column of the runs' metrics.csv, e.g. val_loss, train_loss",
+                              "None of the runs has a value of it (or they have no metrics.csv yet)")
 
     import matplotlib
 
