@@ -183,10 +183,13 @@ def evaluate(run_dir: str, overrides: list[str] = (), checkpoint: str = "best", 
 
 def table(result: dict[str, Any]) -> str:
     """The evaluation as a few readable lines."""
+    from app.run.record import shown_path
+
+    data = result["data"]
     lines = [
-        f"run         {result['run_dir']}",
+        f"run         {shown_path(result['run_dir'], Path.cwd())}",
         f"checkpoint  {Path(result['checkpoint']).name} (epoch {result['epoch']})",
-        f"data        {result['data']}",
+        f"data        {shown_path(data, Path.cwd()) if Path(data).is_absolute() else data}",
         f"split       {result['split']} ({result['samples']} samples)",
         "",
     ]
