@@ -318,3 +318,16 @@ def test_command_lines(trained, tmp_path):
     assert proc.returncode == 0 and "10-00-00-000002" in proc.stdout
     proc = app("predict", trained["classify"], "missing.csv")
     assert proc.returncode == 2 and proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
+
+
+def test_preflight_fails_a_callback_state_that_checkpoints_could_not_load(compose_cfg, monkeypatch):
+    from app.callbacks.early_stopping import EarlyStopping
+    from app.tools import preflight
+    from tests.conftest import FAST
+
+    assert preflight.run(compose_cfg(*FAST)).exit_code() == 0
+    monkeypatch.setattr(EarlyStopping, "state_dict", lambda self: {"best": np.float64(1.0)})
+    report = preflight.run(compose_cfg(*FAST))
+    failed = next(c for c in report.checks if c.status == "FAIL")
+    assert failed.name == "checkpoint" and "would hold a pickled numpy" in failed.detail
+    assert report.exit_code() == 1

@@ -21,7 +21,7 @@ import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -77,30 +77,31 @@ def atomic_link(source: Path, path: Path) -> None:
     _sync_directory(path.parent)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path | BinaryIO, name: str | None = None) -> dict[str, Any]:
     """A checkpoint's contents, tensors on the CPU (loading puts them where the run's are),
     loaded with `weights_only=True`. Raises ValueError, saying why in one sentence, for a file
     that is not a checkpoint this version of the app wrote (unreadable, torn, pickled objects,
-    an older format)."""
+    an older format). `name`: what the messages call it (default: the path)."""
+    shown = name or path
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch's weights_only unpickler names the refused object as "GLOBAL module.name"
         found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(error))
         if found is None:
-            raise ValueError(f"{path} cannot be read as a checkpoint (not a torch.save file, or damaged)") from None
+            raise ValueError(f"{shown} cannot be read as a checkpoint (not a torch.save file, or damaged)") from None
         raise ValueError(
-            f"{path} holds pickled Python objects ({found.group(1)}), which loading would have to run "
+            f"{shown} holds pickled Python objects ({found.group(1)}), which loading would have to run "
             f"as code, so it was not loaded: it was written by an earlier version of this app "
             f"(checkpoint format 2 or older; this version writes and reads format {FORMAT}, tensors "
             "and plain containers only) or by another program") from None
     except Exception as error:  # torch raises RuntimeError, EOFError, OSError... for damaged files
-        raise ValueError(f"{path} cannot be read as a checkpoint ({type(error).__name__}: "
+        raise ValueError(f"{shown} cannot be read as a checkpoint ({type(error).__name__}: "
                          f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no detail'})") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} is not a checkpoint of this app (no model state in it)")
+        raise ValueError(f"{shown} is not a checkpoint of this app (no model state in it)")
     if state.get("format", 1) < FORMAT:
-        raise ValueError(f"{path} is a format-{state.get('format', 1)} checkpoint of an earlier version "
+        raise ValueError(f"{shown} is a format-{state.get('format', 1)} checkpoint of an earlier version "
                          f"of this app; this version reads format {FORMAT}")
     return state
 
