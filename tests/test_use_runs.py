@@ -331,3 +331,13 @@ def test_preflight_fails_a_callback_state_that_checkpoints_could_not_load(compos
     failed = next(c for c in report.checks if c.status == "FAIL")
     assert failed.name == "checkpoint" and "would hold a pickled numpy" in failed.detail
     assert report.exit_code() == 1
+
+
+def test_a_multi_seed_run_is_used_one_seed_at_a_time(trained, tmp_path, capsys):
+    run_dir = tmp_path / "seeds"
+    shutil.copytree(trained["classify"] / ".hydra", run_dir / ".hydra")
+    shutil.copytree(trained["classify"] / "checkpoints", run_dir / "seed_1" / "checkpoints")
+    assert "multi-seed run: its checkpoints are in seed_1" in refusal(evaluate.main, [str(run_dir)], capsys)
+    # The seed's config is its parent's; its relative data.path is taken from where the run was launched.
+    result = evaluate.evaluate(str(run_dir / "seed_1"))
+    assert result["metrics"] == summary(trained["classify"])["test"]

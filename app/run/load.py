@@ -104,15 +104,14 @@ def checkpoint_file(run_dir: Path, which: str, key: str = "--checkpoint") -> Pat
     present = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) if (run_dir / "checkpoints").is_dir() else []
     seeds = sorted(p.name for p in run_dir.glob("seed_*") if p.is_dir())
     if seeds:
-        why = f"{run_dir} is a multi-seed run: its checkpoints are in {', '.join(seeds)}"
-        accepted = f"one seed's directory, e.g. {run_dir / seeds[0]}"
-    else:
-        why = (f"{run_dir} has no checkpoints/{which}.pt"
-               + (f" (it has {', '.join(present)})" if present else
-                  " (no checkpoint was written: the run failed before its first epoch ended, or ran "
-                  "without the checkpoint callback)"))
-        accepted = ("a run that wrote checkpoints"
-                    + (f"; --checkpoint {'last' if which == 'best' else 'best'}" if present else ""))
+        raise ConfigError("run_dir", str(run_dir), f"one seed's directory, e.g. {run_dir / seeds[0]}",
+                          f"{run_dir} is a multi-seed run: its checkpoints are in {', '.join(seeds)}")
+    why = (f"{run_dir} has no checkpoints/{which}.pt"
+           + (f" (it has {', '.join(present)})" if present else
+              " (no checkpoint was written: the run failed before its first epoch ended, or ran "
+              "without the checkpoint callback)"))
+    accepted = "a run that wrote checkpoints" + (f"; --checkpoint {'last' if which == 'best' else 'best'}"
+                                                 if present else "")
     raise ConfigError(key, which, accepted, why)
 
 
