@@ -341,3 +341,15 @@ def test_a_multi_seed_run_is_used_one_seed_at_a_time(trained, tmp_path, capsys):
     # The seed's config is its parent's; its relative data.path is taken from where the run was launched.
     result = evaluate.evaluate(str(run_dir / "seed_1"))
     assert result["metrics"] == summary(trained["classify"])["test"]
+
+
+def test_a_bare_checkpoint_file_loads_and_builds_only_trusted_models(trained, tmp_path):
+    state = torch.load(trained["classify"] / "checkpoints" / "best.pt", weights_only=True)
+    torch.save(state, tmp_path / "sent.pt")
+    run = load_run(tmp_path / "sent.pt")
+    assert run.cfg is None and run.classes == ["cat", "dog", "eel"]
+    assert list(run.predict(trained["x"][:4])) == list(load_run(trained["classify"]).predict(trained["x"][:4]))
+    state["inference"]["model"]["_target_"] = "os.system"
+    torch.save(state, tmp_path / "planted.pt")
+    with pytest.raises(ConfigError, match="model._target_.*os.system"):
+        load_run(tmp_path / "planted.pt")
