@@ -227,6 +227,11 @@ def test_refusals_are_one_paragraph(trained, tmp_path, capsys):
     write_csv(tmp_path / "fish.csv", ["a", "b", "c", "kind"], [[1, 2, 3, k] for k in ("fish", "cat") * 3])
     assert "never saw" in refusal(evaluate.main, [run_dir, f"data.path={tmp_path / 'fish.csv'}"], capsys)
     assert "--checkpoint" in refusal(evaluate.main, [run_dir, "--checkpoint", str(tmp_path / "none.pt")], capsys)
+    assert "Not a device name" in refusal(evaluate.main, [run_dir, "--device", "gpu"], capsys)
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in refusal(predict.main, [run_dir, "in.csv", "--device", "cuda"], capsys)
+    write_csv(tmp_path / "ok.csv", ["a", "b", "c"], [[1, 2, 3]])
+    assert "a .csv file path" in refusal(predict.main, [run_dir, str(tmp_path / "ok.csv"), "--out", str(tmp_path / "p.txt")], capsys)
 
 
 def test_old_or_pickled_checkpoints_are_refused_in_one_paragraph(trained, tmp_path, capsys):

@@ -215,6 +215,21 @@ class TrainedRun:
         return list(self.targets) if self.targets else [f"y{i}" for i in range(self.out_features)]
 
 
+def inference_device(device: str | torch.device) -> torch.device:
+    """`device` ("cpu", "cuda", "cuda:1", "mps", "auto" or a torch.device), checked to exist on
+    this machine as a run's `device` is."""
+    from app.run.device import resolve_device
+
+    try:
+        device = torch.device(device) if device != "auto" else None
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", device, "cpu, cuda, cuda:<index>, mps or auto", "Not a device name") from None
+    try:
+        return resolve_device("auto") if device is None else resolve_device(device.type, device.index or 0)
+    except ConfigError as error:
+        raise ConfigError("device", str(device), error.accepted, error.reason) from None
+
+
 def load_run(path: str | Path, checkpoint: str = "best", *, device: str | torch.device = "cpu",
              trusted_modules: Iterable[str] | None = None) -> TrainedRun:
     """Load a trained run for inference.
@@ -229,6 +244,7 @@ def load_run(path: str | Path, checkpoint: str = "best", *, device: str | torch.
     from app import targets
     from app.callbacks.checkpoint import load_checkpoint
 
+    device = inference_device(device)
     given = Path(path).expanduser().absolute() if isinstance(path, (str, Path)) and str(path) else None
     if given is not None and given.is_file():
         run_dir, cfg, file = None, None, given
@@ -248,10 +264,6 @@ def load_run(path: str | Path, checkpoint: str = "best", *, device: str | torch.
         raise ConfigError("checkpoint", str(file), "a checkpoint written by a run of the app (python -m app), "
                           "which records the model's config and its data's transforms",
                           f"{file} holds weights but no inference record")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ConfigError("device", device, "cpu, cuda, cuda:<index>, mps", str(error)) from None
     from app.run.build import building
 
     node = OmegaConf.create(record["model"])
