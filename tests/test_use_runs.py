@@ -358,3 +358,12 @@ def test_a_bare_checkpoint_file_loads_and_builds_only_trusted_models(trained, tm
     torch.save(state, tmp_path / "planted.pt")
     with pytest.raises(ConfigError, match="model._target_.*os.system"):
         load_run(tmp_path / "planted.pt")
+
+
+def test_evaluate_refuses_data_that_does_not_fit_the_model(trained, tmp_path, capsys):
+    regress = str(trained["regress"])
+    write_csv(tmp_path / "two.csv", ["a", "b", "c", "price", "tax"], [[1, 2, 3, 4, 5]] * 6)
+    assert "1 target column(s): price" in refusal(evaluate.main, [regress, f"data.path={tmp_path / 'two.csv'}",
+                                                                   "data.target=[price,tax]"], capsys)
+    assert "3 features the model was trained on" in refusal(
+        evaluate.main, [regress, f"data.path={tmp_path / 'two.csv'}", "data.features=[a,b,c,tax]"], capsys)

@@ -171,6 +171,10 @@ def evaluate(run_dir: str, overrides: list[str] = (), checkpoint: str = "best", 
         raise ConfigError("data.features", cfg.data.get("features"),
                           f"the {run.in_features} features the model was trained on: {', '.join(run.features)}",
                           f"The data has {data.in_features} features")
+    if run.task == "regression" and data.out_features != run.out_features:
+        raise ConfigError("data.target", cfg.data.get("target"),
+                          f"the run's {run.out_features} target column(s): {', '.join(run.target_names())}",
+                          f"The data has {data.out_features} target columns")
     name, chosen = evaluation_split(data, split, run, other_file="path" in values)
     t = run.cfg.trainer
     metrics = score(run, chosen, int(t.eval_batch_size or 4 * t.batch_size))
