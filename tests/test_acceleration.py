@@ -222,7 +222,7 @@ def test_compiled_training_matches_eager_and_checkpoints_keep_plain_keys(cheap_c
     eager, reference = fit(mlp(), batches)
     assert compiled.forward.compiled is not None  # it did not fall back
     assert result.last_metrics["val_loss"] == pytest.approx(reference.last_metrics["val_loss"], rel=1e-5)
-    state = torch.load(checkpoint.last_path, weights_only=False)["model"]
+    state = torch.load(checkpoint.last_path, weights_only=True)["model"]
     assert set(state) == set(mlp().state_dict())  # no `_orig_mod.` prefixes
     mlp().load_state_dict(state)
 

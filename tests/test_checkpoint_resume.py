@@ -107,7 +107,7 @@ def test_each_restored_state_matters(tmp_path, monkeypatch, skip):
 def test_last_pt_holds_the_full_state(tmp_path):
     trainer, checkpoint, train, val = make_run(tmp_path, epochs=2)
     trainer.fit(train, val)
-    state = torch.load(checkpoint.last_path, weights_only=False)
+    state = torch.load(checkpoint.last_path, weights_only=True)
     assert {"model", "optimizer", "scheduler", "trainer", "callbacks", "train_batches", "rng", "epoch"} <= set(state)
     assert state["trainer"]["epoch"] == 2 and len(state["trainer"]["history"]) == 2
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
@@ -145,8 +145,8 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypa
     torn = tmp_path / ".last.pt.tmp"
     assert 0 < torn.stat().st_size
     with pytest.raises(RuntimeError, match="zip archive"):  # torn: no central directory
-        torch.load(torn, weights_only=False)
-    assert torch.load(path, weights_only=False)["epoch"] == 1
+        torch.load(torn, weights_only=True)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
 
 
 def test_restore_never_loads_a_torn_temp_file_and_removes_it(tmp_path):
@@ -167,8 +167,8 @@ def test_best_pt_follows_last_pt_and_is_never_ahead_of_it(tmp_path):
 
     class Watch(Callback):
         def on_epoch_end(self, trainer, metrics):
-            last = torch.load(checkpoint.last_path, weights_only=False)["epoch"] if checkpoint.last_path.exists() else 0
-            best = torch.load(checkpoint.best_path, weights_only=False)["epoch"] if checkpoint.best_path.exists() else 0
+            last = torch.load(checkpoint.last_path, weights_only=True)["epoch"] if checkpoint.last_path.exists() else 0
+            best = torch.load(checkpoint.best_path, weights_only=True)["epoch"] if checkpoint.best_path.exists() else 0
             seen.append((trainer.improved, last, best))
 
     trainer.callbacks.append(Watch())
@@ -185,7 +185,7 @@ def test_restore_makes_the_best_link_a_kill_prevented_and_drops_later_snapshots(
     trainer.fit(train, val)
     # As if killed after last.pt of a best epoch was written, before best.pt was linked to it,
     # and with a snapshot of an epoch the resume will train again.
-    state = torch.load(checkpoint.last_path, weights_only=False)
+    state = torch.load(checkpoint.last_path, weights_only=True)
     state["trainer"]["best_epoch"] = state["trainer"]["epoch"]
     atomic_save(state, checkpoint.last_path)
     checkpoint.best_path.unlink()
@@ -201,7 +201,7 @@ def test_keep_last_k_keeps_the_last_k_periodic_snapshots(tmp_path):
     trainer.fit(train, val)
     snapshots = checkpoint.snapshots()
     assert [e for e, _ in snapshots] == [4, 6]
-    assert [torch.load(p, weights_only=False)["epoch"] for _, p in snapshots] == [4, 6]
+    assert [torch.load(p, weights_only=True)["epoch"] for _, p in snapshots] == [4, 6]
 
 
 def test_restore_without_last_pt_starts_from_scratch_and_clears_leftovers(tmp_path):
@@ -216,8 +216,40 @@ def test_checkpoint_of_an_older_format_is_refused(tmp_path):
     trainer, checkpoint, train, _ = make_run(tmp_path, epochs=3)
     checkpoint.directory.mkdir(parents=True)
     torch.save({"epoch": 1, "model": trainer.model.state_dict()}, checkpoint.last_path)
-    with pytest.raises(ValueError, match="predates"):
+    with pytest.raises(ValueError, match="format-1 checkpoint of an earlier version"):
         checkpoint.restore(trainer, train)
+
+
+def test_checkpoint_with_pickled_objects_is_refused_without_running_them(tmp_path):
+    """A format-2 checkpoint (numpy arrays in the RNG state) or a planted object: weights_only
+    loading refuses it before anything in the file runs."""
+    trainer, checkpoint, train, _ = make_run(tmp_path, epochs=3)
+    checkpoint.directory.mkdir(parents=True)
+    torch.save({"format": 2, "epoch": 1, "model": trainer.model.state_dict(),
+                "rng": {"numpy": np.random.get_state()}}, checkpoint.last_path)
+    with pytest.raises(ValueError, match="pickled Python objects.*earlier version"):
+        checkpoint.restore(trainer, train)
+    assert trainer.epoch == 0
+
+    ran = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.mkdir, (str(ran),))
+
+    torch.save({"format": 3, "model": {}, "payload": Planted()}, checkpoint.last_path)
+    with pytest.raises(ValueError, match="pickled Python objects"):
+        checkpoint.restore(trainer, train)
+    assert not ran.exists()
+
+
+def test_checkpoint_holds_only_what_weights_only_loading_accepts(tmp_path):
+    trainer, checkpoint, train, val = make_run(tmp_path, epochs=2)
+    trainer.fit(train, val)
+    state = torch.load(checkpoint.last_path, weights_only=True)
+    assert state["format"] == checkpoint_module.FORMAT and state["epoch"] == 2
+    kind, keys, *_ = state["rng"]["numpy"]
+    assert kind == "MT19937" and isinstance(keys, torch.Tensor) and keys.shape == (624,)
 
 
 def test_rng_state_round_trip_on_cpu():

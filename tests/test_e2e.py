@@ -40,9 +40,9 @@ def test_single_run_leaves_every_record(run_app, tmp_path):
     assert summary["wall_time_s"] > 0
 
     for name in ("best.pt", "last.pt"):
-        state = torch.load(run_dir / "checkpoints" / name, weights_only=False)
+        state = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         assert {"model", "optimizer", "scheduler", "epoch", "best"} <= set(state)
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 3
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
 
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert {"git_commit", "git_dirty", "python", "versions", "device", "overrides"} <= set(provenance)

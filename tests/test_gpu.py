@@ -192,7 +192,7 @@ def test_compile_with_inductor_matches_eager_and_checkpoints_plain_keys(tmp_path
     assert compiled.forward.compiled is not None  # inductor worked: no fallback
     for a, b in zip(losses(compiled), losses(eager), strict=True):
         assert a == pytest.approx(b, rel=1e-3)
-    state = torch.load(checkpoint.last_path, weights_only=False)["model"]
+    state = torch.load(checkpoint.last_path, weights_only=True)["model"]
     assert set(state) == set(eager.model.state_dict())
 
 

@@ -52,7 +52,7 @@ def epochs_in_csv(run):
 
 
 def checkpoint(run, name="last.pt"):
-    return torch.load(run / "checkpoints" / name, weights_only=False)
+    return torch.load(run / "checkpoints" / name, weights_only=True)
 
 
 def digest(run):
@@ -83,7 +83,7 @@ def runs(tmp_path_factory):
     torn = run / "checkpoints" / ".last.pt.tmp"
     steps["checkpoint write"] = (checkpoint(run)["epoch"], epochs_in_csv(run), torn.exists())
     with pytest.raises(RuntimeError, match="zip archive"):  # torn: no central directory
-        torch.load(torn, weights_only=False)
+        torch.load(torn, weights_only=True)
 
     # 3) between epochs: the third epoch this process starts is epoch 5 (it resumes after 2)
     proc = app(root / "chain", f"resume={run}", kill="epoch_start:3")

@@ -153,7 +153,7 @@ def test_pruning_first_lets_the_checkpoint_of_the_pruned_epoch_be_written(tmp_pa
                               [0.9, 0.95, 0.7, 0.6, 0.5])
     batches = regression_batches([8])
     trainer.fit(batches, batches)
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 2
 
 
 # ----------------------------------------------------------------------------- outcomes

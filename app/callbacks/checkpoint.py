@@ -4,17 +4,24 @@ snapshots `checkpoints/epoch-NNNN.pt`.
 `last.pt` holds everything a run needs to continue exactly: model, optimizer, scheduler, the
 trainer's loop state (epoch, best so far, every epoch's metrics, the stop decision), each
 callback's state (early stopping's patience, the W&B run id), the training data's shuffle state,
-and every random generator (python, numpy, torch CPU, CUDA). Files are written atomically, so a
-kill at any instant leaves the previous checkpoint or the new one, never a torn one.
+and every random generator (python, numpy, torch CPU, CUDA). It also holds what inference needs
+(`inference`: the task, the model's config and sizes, feature names, class names, the fitted
+scaling; see app/run/load.py). Files are written atomically, so a kill at any instant leaves the
+previous checkpoint or the new one, never a torn one.
+
+A checkpoint is data, not code: it holds tensors and plain containers only (dicts, lists,
+tuples, strings, numbers), and every load uses `torch.load(weights_only=True)`, which refuses
+anything else, so opening a checkpoint someone sent you runs nothing from it.
 """
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -23,7 +30,9 @@ from app.callbacks.base import Callback
 from app.run.reproducibility import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
-FORMAT = 2  # 2: full state (trainer, RNGs, data order); 1 had weights and optimizer only
+# 3: plain containers only (weights_only=True loads it) and the inference record;
+# 2: full state (trainer, RNGs, data order), pickled objects; 1: weights and optimizer only.
+FORMAT = 3
 SNAPSHOT = re.compile(r"^epoch-(\d+)\.pt$")
 
 
@@ -68,9 +77,33 @@ def atomic_link(source: Path, path: Path) -> None:
     _sync_directory(path.parent)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's contents, tensors on the CPU (loading puts them where the run's are)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(path: str | Path | BinaryIO, name: str | None = None) -> dict[str, Any]:
+    """A checkpoint's contents, tensors on the CPU (loading puts them where the run's are),
+    loaded with `weights_only=True`. Raises ValueError, saying why in one sentence, for a file
+    that is not a checkpoint this version of the app wrote (unreadable, torn, pickled objects,
+    an older format). `name`: what the messages call it (default: the path)."""
+    shown = name or path
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's weights_only unpickler names the refused object as "GLOBAL module.name"
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(error))
+        if found is None:
+            raise ValueError(f"{shown} cannot be read as a checkpoint (not a torch.save file, or damaged)") from None
+        raise ValueError(
+            f"{shown} holds pickled Python objects ({found.group(1)}), which loading would have to run "
+            f"as code, so it was not loaded: it was written by an earlier version of this app "
+            f"(checkpoint format 2 or older; this version writes and reads format {FORMAT}, tensors "
+            "and plain containers only) or by another program") from None
+    except Exception as error:  # torch raises RuntimeError, EOFError, OSError... for damaged files
+        raise ValueError(f"{shown} cannot be read as a checkpoint ({type(error).__name__}: "
+                         f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no detail'})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{shown} is not a checkpoint of this app (no model state in it)")
+    if state.get("format", 1) < FORMAT:
+        raise ValueError(f"{shown} is a format-{state.get('format', 1)} checkpoint of an earlier version "
+                         f"of this app; this version reads format {FORMAT}")
+    return state
 
 
 class Checkpoint(Callback):
@@ -88,6 +121,9 @@ class Checkpoint(Callback):
         self.keep_last_k = keep_last_k
         self.last_path = self.directory / "last.pt"
         self.best_path = self.directory / "best.pt"
+        # What a trained model needs to be used (app.run.load.inference_record): set by the
+        # run builder once the data exists; plain containers only.
+        self.inference: dict[str, Any] | None = None
 
     def on_fit_start(self, trainer) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -109,6 +145,7 @@ class Checkpoint(Callback):
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks},
             "train_batches": batches.state_dict() if hasattr(batches, "state_dict") else None,
             "rng": rng_state(trainer.device),
+            "inference": self.inference,
         }
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
@@ -154,12 +191,8 @@ class Checkpoint(Callback):
             for stale in [self.best_path, *(p for _, p in self.snapshots())]:
                 stale.unlink(missing_ok=True)
             return None
-        try:
-            state = load_checkpoint(self.last_path)
-        except Exception as error:  # atomic writes rule out torn files; this is damage from outside
-            raise ValueError(f"{self.last_path} cannot be read ({type(error).__name__}: {error})") from None
-        if not isinstance(state, dict) or state.get("format", 1) < FORMAT:
-            raise ValueError(f"{self.last_path} predates full-state checkpoints (format {FORMAT})")
+        state = load_checkpoint(self.last_path)  # ValueError: atomic writes rule out torn files,
+        # so this is damage from outside or a checkpoint of an earlier version
 
         trainer.model.load_state_dict(state["model"])
         trainer.model.to(trainer.device)

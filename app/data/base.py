@@ -59,9 +59,16 @@ class Scaling:
         return ((x - self.shift) / self.scale).contiguous()
 
     def to_dict(self) -> dict[str, Any]:
-        """{method, features, shift, scale} as plain lists (for a run's records)."""
+        """{method, features, shift, scale} as plain lists (for a run's records and checkpoints:
+        float32 values survive the round trip through Python floats exactly)."""
         return {"method": self.method, "features": list(self.features),
                 "shift": self.shift.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "Scaling":
+        """The scaling `to_dict` describes."""
+        return cls(state["method"], torch.tensor(state["shift"], dtype=torch.float32),
+                   torch.tensor(state["scale"], dtype=torch.float32), list(state["features"]))
 
 
 @dataclass
@@ -70,6 +77,10 @@ class DataSplits:
 
     out_features: number of target columns (regression) or number of classes (classification).
     test is None when no test split was requested (test_fraction == 0).
+    What inference needs to read new inputs and name outputs (None where the source has no
+    names, e.g. synthetic data): `features`, one name per input feature (a 2-D npz array `a`
+    gives a[0], a[1], ...); `feature_columns`, the file columns they come from; `targets`, the
+    target column names; `classes`, the label of each class index (classification).
     """
 
     task: str
@@ -79,6 +90,10 @@ class DataSplits:
     in_features: int
     out_features: int
     scaling: Scaling | None = None  # fitted on train, already applied to every split's x
+    features: list[str] | None = None
+    feature_columns: list[str] | None = None
+    targets: list[str] | None = None
+    classes: list[str] | list[int] | None = None
 
     def describe(self) -> str:
         """One line, e.g. 'regression: 8000 train / 2000 val / 0 test, 1 -> 1'."""

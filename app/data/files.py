@@ -136,15 +136,40 @@ def load_table(
                         f"{table.path} has {n} data rows, too few to give every split a sample")
 
     x = _numeric_matrix(table, "data.features", feature_names)
+    classes = None
     if task == "regression":
         y = torch.from_numpy(_numeric_matrix(table, "data.target", target_names)).float()
         out_features = y.shape[1]
     else:
-        y, out_features = _class_labels(table, target_names[0])
-    return make_splits(
+        y, classes = _class_labels(table, target_names[0])
+        out_features = len(classes)
+    splits = make_splits(
         task, torch.from_numpy(x).float(), y, out_features, val_fraction, test_fraction, seed,
         scaling=scaling, feature_names=_expanded(table, feature_names),
     )
+    splits.features, splits.feature_columns = _expanded(table, feature_names), list(feature_names)
+    splits.targets, splits.classes = list(target_names), classes
+    return splits
+
+
+def read_columns(path: str, columns: list[str], key: str, why: str) -> np.ndarray:
+    """float64 [n, k]: the named columns of a .csv/.npz file side by side (a 2-D npz array
+    contributes its k columns), checked as `load_table` checks features: every value a finite
+    number within float32's range. Errors are ConfigErrors about `key` (the argument that named
+    the file); `why` says where `columns` come from when one is missing."""
+    try:
+        table = _read(path)
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise ConfigError(key, path, f"a file with the columns {why}: {', '.join(columns)}",
+                              f"{table.path} has no column {', '.join(map(repr, missing))} "
+                              f"(its columns: {table.available()})")
+        _common_length(table, columns)
+        return _numeric_matrix(table, key, columns)
+    except ConfigError as error:
+        if error.key == key:
+            raise
+        raise ConfigError(key, path, error.accepted, error.reason) from None
 
 
 # At most this many distinct integer values, and on average at least this many rows per value,
@@ -420,8 +445,9 @@ def _first_unparsable(strings: np.ndarray) -> int:
     raise AssertionError("numpy refused a column that float() accepts")
 
 
-def _class_labels(table: _Table, name: str) -> tuple[torch.Tensor, int]:
-    """int64 [n] class indices 0..K-1 (sorted unique labels) and K, from one target column.
+def _class_labels(table: _Table, name: str) -> tuple[torch.Tensor, list[str] | list[int]]:
+    """int64 [n] class indices 0..K-1 and the K labels (sorted; integers or strings), from one
+    target column.
 
     Integer-valued numbers sort numerically; any other text is treated as string labels.
     """
@@ -464,4 +490,5 @@ def _class_labels(table: _Table, name: str) -> tuple[torch.Tensor, int]:
     if len(classes) < 2:
         raise ConfigError("data.target", name,
                         accepted, f"Column {name!r} holds a single class ({classes[0].item()!r})")
-    return torch.from_numpy(codes.reshape(-1).astype(np.int64)), int(len(classes))
+    names = [int(c) for c in classes] if numbers is not None else [str(c) for c in classes]
+    return torch.from_numpy(codes.reshape(-1).astype(np.int64)), names

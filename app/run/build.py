@@ -26,6 +26,7 @@ from app.errors import ConfigError
 from app.run import debug, faults
 from app.run.device import describe as describe_device
 from app.run.device import resolve_device
+from app.run.load import inference_record
 from app.run.reproducibility import set_deterministic
 from app.train.acceleration import check_device_options
 from app.train.tasks import TASKS, Task, task_of
@@ -237,6 +238,9 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
     with stage("callbacks"):
         callbacks = debug.callbacks(cfg) + build_callbacks(cfg, run_dir, run_name=run_name, group=group,
                                                            hparams=trial.params if trial is not None else None)
+        for callback in callbacks:
+            if isinstance(callback, Checkpoint):  # checkpoints carry what inference needs
+                callback.inference = inference_record(cfg, data)
         epochs = debug.epochs(cfg)  # trainer.epochs, unless a debug mode runs fewer
         if trial is not None:
             trial.start_seed(epochs)

@@ -77,9 +77,12 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """Every global generator a run may draw from: python `random`, numpy, torch CPU, and the
     CUDA generators of all devices (only once CUDA is in use: reading them would start CUDA) or
     the MPS generator when training on MPS."""
+    # Plain containers and tensors only (a checkpoint loads with `weights_only=True`): numpy's
+    # legacy state tuple holds an ndarray, kept here as an int64 tensor of the same keys.
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -94,7 +97,8 @@ def set_rng_state(state: dict[str, Any]) -> list[str]:
     restore (a CUDA state without CUDA, fewer GPUs): the run continues, but not bit for bit."""
     warnings = []
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"].cpu())
     cuda_states = state.get("cuda")
     if cuda_states is not None:

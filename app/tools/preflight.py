@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import sys
 import tempfile
 import time
@@ -246,13 +247,26 @@ def run(cfg: DictConfig) -> Report:
                 raise CheckFailed(f"non-finite {', '.join(bad)} on the first validation batch")
             row.detail = " ".join(f"{k}={v:.4g}" for k, v in values.items())
         with report.check("checkpoint") as row:
+            from app.callbacks.checkpoint import load_checkpoint
+
             if run.checkpoint is None:
                 row.detail = "no checkpoint callback"
             else:
                 trainer.epoch = 1
                 buffer = io.BytesIO()
                 torch.save(run.checkpoint.state(trainer, {}), buffer)
-                row.detail = f"full state {len(buffer.getvalue()) / 2**20:.2f} MiB"
+                size = len(buffer.getvalue())
+                buffer.seek(0)
+                try:  # as resume and app.load_run load it: a callback state holding objects fails here
+                    load_checkpoint(buffer, name="the checkpoint")
+                except ValueError as error:
+                    found = re.search(r"pickled Python objects \(([^)]+)\)", str(error))
+                    raise CheckFailed(
+                        (f"the checkpoint would hold a pickled {found.group(1)}, which resume and "
+                         "app.load_run refuse (they load with weights_only=True): a callback's "
+                         "state_dict must hold tensors and plain containers only") if found else str(error)
+                    ) from None
+                row.detail = f"full state {size / 2**20:.2f} MiB, loads with weights_only=True"
     except _Stop:
         pass
     report.memory = peak_memory(device)
