@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 from app.run import debug, resume
 from app.run.build import build_run
 from app.run.device import describe
-from app.run.provenance import config_hash
-from app.run.record import Status, Summary, objective, provenance, result_line, write_json
+from app.run.provenance import config_hash, data_files
+from app.run.record import (Status, Summary, disk_full, disk_full_error, objective, provenance,
+                            remove_own_temp_files, result_line, write_json)
 
 log = logging.getLogger("app")
 
@@ -42,7 +43,8 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
     run = build_run(cfg, run_dir, run_name=run_name, group=group, trial=trial)
     if resumption is None:
         write_json(run_dir / "provenance.json", provenance(
-            describe(run.device), list(HydraConfig.get().overrides.task), config_hash(cfg)))
+            describe(run.device), list(HydraConfig.get().overrides.task), config_hash(cfg),
+            data_files=data_files(cfg)))
     else:
         resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
     log.info(run.describe())
@@ -76,13 +78,18 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         summary.epochs_run, summary.error = run.trainer.epoch, f"{type(error).__name__}: {error}"
         if isinstance(error, KeyboardInterrupt):  # Ctrl-C: app.main prints how to continue
             summary.interrupted, error.epoch = True, run.trainer.epoch
-        raise
+        full = disk_full(error)
+        if full is None:
+            raise
+        # A full disk: one paragraph instead of the chained traceback, the summary if it fits.
+        remove_own_temp_files(run_dir)
+        summary.error = f"OSError: {full}"
+        written = _write_summary(summary, run_dir, t.mode, started, trial)
+        refusal = disk_full_error(full, run_dir, HydraConfig.get().runtime.cwd, written)
+        refusal.recorded = True  # app.main must not write over this summary
+        raise refusal from None
     finally:
-        summary.objective = objective(summary.status, summary.best, t.mode)
-        summary.wall_time_s = round(time.time() - started, 3)
-        if trial is not None:
-            summary.trial = trial.describe(summary.status)
-        summary.write(run_dir)
+        _write_summary(summary, run_dir, t.mode, started, trial)
         for callback in run.callbacks:
             callback.on_run_end(summary.to_dict())
         run.release()
@@ -92,3 +99,19 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
     if summary.debug is not None:
         (log.info if summary.debug["passed"] else log.error)(summary.debug["verdict"])
     return summary
+
+
+def _write_summary(summary: Summary, run_dir: Path, mode: str, started: float, trial: Any) -> bool:
+    """Complete and write summary.json; False when the disk is too full to hold it."""
+    summary.objective = objective(summary.status, summary.best, mode)
+    summary.wall_time_s = round(time.time() - started, 3)
+    if trial is not None:
+        summary.trial = trial.describe(summary.status)
+    try:
+        summary.write(run_dir)
+    except OSError as error:
+        if disk_full(error) is None:
+            raise
+        log.warning("summary.json could not be written: %s", error)
+        return False
+    return True
