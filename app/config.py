@@ -558,6 +558,21 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
                 "epoch (ReduceLROnPlateau steps with the monitored metric after validation)",
             )
             _check(cfg.scheduler.mode in MODES, "scheduler.mode", cfg.scheduler.mode, "min or max")
+        sch = cfg.scheduler
+        for key in ("step_size", "T_max", "total_steps"):  # a period or horizon: 0 divides by zero
+            if key in sch:
+                _positive_int(cfg, f"scheduler.{key}")
+        if "gamma" in sch:
+            _check(_finite(sch.gamma) and sch.gamma > 0, "scheduler.gamma", sch.gamma,
+                   "a finite number > 0 (what the learning rate is multiplied by)")
+        if "factor" in sch:
+            _check(_finite(sch.factor) and 0 < sch.factor < 1, "scheduler.factor", sch.factor,
+                   "a number in (0, 1) (what the learning rate is multiplied by on a plateau)")
+        for key in ("eta_min", "min_lr", "min_lr_ratio", "threshold"):
+            if key in sch:
+                _check(_finite(sch[key]) and sch[key] >= 0, f"scheduler.{key}", sch[key], "a finite number >= 0")
+        if "patience" in sch:
+            _positive_int(cfg, "scheduler.patience", allow_zero=True)
         if "warmup_steps" in cfg.scheduler:
             total = cfg.scheduler.total_steps
             _check(

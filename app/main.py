@@ -19,7 +19,8 @@ from app.config import register_configs, resolve_mode
 from app.errors import ConfigError
 from app.run.execute import execute
 from app.run.lock import RunDirLock
-from app.run.record import Status, Summary, disk_full, disk_full_error, interrupted_line, result_line
+from app.run.record import (DamagedRecord, Status, Summary, disk_full, disk_full_error, interrupted_line,
+                            result_line)
 from app.run.reproducibility import determinism_refusal
 from app.run.seeds import train_seeds
 from app.search.trial import current_trial
@@ -69,9 +70,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         print(interrupted_line(getattr(stop, "epoch", None), run_dir, HydraConfig.get().runtime.cwd),
               file=sys.stderr)
         sys.exit(130)
-    except (ConfigError, RuntimeError, OSError) as caught:
+    except (ConfigError, RuntimeError, OSError, DamagedRecord) as caught:
         full = disk_full(caught)
         error = determinism_refusal(caught) or caught
+        if isinstance(caught, DamagedRecord):
+            error = ConfigError("resume" if cfg.resume else "hydra.run.dir", str(caught.path),
+                                "a run directory whose records this app wrote; move the damaged file "
+                                "aside (a resume continues from checkpoints/last.pt)", str(caught))
+            error.recorded = True  # leave the run's files as they are
         if full is not None and not isinstance(caught, ConfigError):
             error = disk_full_error(full, run_dir, HydraConfig.get().runtime.cwd, summary_written=False)
         if not isinstance(error, ConfigError):

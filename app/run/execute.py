@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from app.errors import ConfigError
 from app.run import debug, resume
 from app.run.build import build_run
 from app.run.device import describe
@@ -46,7 +47,14 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
             describe(run.device), list(HydraConfig.get().overrides.task), config_hash(cfg),
             data_files=data_files(cfg)))
     else:
-        resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
+        try:
+            resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
+        except (RuntimeError, KeyError, TypeError, IsADirectoryError) as error:  # last.pt not of this run
+            raise ConfigError(
+                "resume", str(run_dir), "a run whose checkpoints/last.pt holds the state of the model, "
+                "optimizer and scheduler this config builds (resume_force cannot change their shapes)",
+                f"checkpoints/last.pt does not fit the run built from its config "
+                f"({type(error).__name__}: {' '.join(str(error).split())[:300]})") from None
     log.info(run.describe())
     if cfg.get("debug") is not None:
         log.info(debug.describe(cfg, {"train": run.train, "val": run.val, "test": run.test}))

@@ -265,8 +265,17 @@ def disk_full_error(full: OSError, run_dir: str | Path, launch_dir: str | Path,
     )
 
 
+class DamagedRecord(ValueError):
+    """A record of a run (summary.json, provenance.json) that is not the JSON this app writes."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is not a record this app can read ({reason})")
+        self.path = Path(path)
+
+
 def read_json(path: Path) -> dict[str, Any]:
-    """Read a file written by `write_json`, turning "inf"/"-inf"/"nan" back into floats."""
+    """Read a file written by `write_json`, turning "inf"/"-inf"/"nan" back into floats. Raises
+    DamagedRecord when it is not JSON (or not an object)."""
 
     def revive(obj):
         for key, value in obj.items():
@@ -274,7 +283,13 @@ def read_json(path: Path) -> dict[str, Any]:
                 obj[key] = float(value)
         return obj
 
-    return json.loads(Path(path).read_text(), object_hook=revive)
+    try:
+        data = json.loads(Path(path).read_text(), object_hook=revive)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DamagedRecord(path, f"{type(error).__name__}: {error}") from None
+    if not isinstance(data, dict):
+        raise DamagedRecord(path, f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _git(*args: str) -> str | None:

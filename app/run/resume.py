@@ -70,6 +70,17 @@ def run_directory(value: Any) -> Path:
         raise ConfigError("resume", value, accepted, f"{path} is not a directory")
     if not (path / ".hydra" / "config.yaml").exists() or not (path / ".hydra" / "overrides.yaml").exists():
         raise ConfigError("resume", value, accepted, f"{path} has no .hydra/config.yaml")
+    for name in ("config.yaml", "overrides.yaml"):  # damaged records: say which, before Hydra reads them
+        try:
+            record = OmegaConf.load(path / ".hydra" / name)
+        except Exception as error:  # noqa: BLE001 -- any reason it cannot be read
+            raise ConfigError("resume", value, accepted, f"{path}/.hydra/{name} cannot be read "
+                              f"({type(error).__name__}: {' '.join(str(error).split())})") from None
+        shape_ok = (OmegaConf.is_dict(record) if name == "config.yaml"
+                    else OmegaConf.is_list(record) and all(isinstance(o, str) for o in record))
+        if not shape_ok:
+            raise ConfigError("resume", value, accepted, f"{path}/.hydra/{name} is not what this app "
+                              "writes there (" + ("a mapping" if name == "config.yaml" else "a list of overrides") + ")")
     return path
 
 
