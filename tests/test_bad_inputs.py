@@ -7,6 +7,7 @@ which hands over to Hydra and `app.main`), so the whole catalogue takes a couple
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +31,26 @@ def with_base(args: list[str]) -> list[str]:
         return list(args)
     keys = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
     return [*args, *(a for a in BASE if a.split("=", 1)[0] not in keys)]
+
+
+def _all_loggers() -> list[logging.Logger]:
+    return [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                   if isinstance(lg, logging.Logger))]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Hydra configures logging for each run (handlers on the captured streams, a train.log):
+    take them off again, so later tests do not log into closed streams."""
+    before = {id(lg): list(lg.handlers) for lg in _all_loggers()}
+    yield
+    for lg in _all_loggers():
+        for handler in [h for h in lg.handlers if h not in before.get(id(lg), [])]:
+            lg.removeHandler(handler)
+            handler.close()
+        for handler in before.get(id(lg), []):
+            if handler not in lg.handlers:
+                lg.addHandler(handler)
 
 
 def invoke(cwd: Path, args: list[str], monkeypatch, capsys) -> tuple[int, str]:
@@ -82,6 +103,7 @@ def finished_run(tmp_path_factory) -> Path:
     """A real, finished 2-epoch run (a template the run-dir and checkpoint cases copy)."""
     root = tmp_path_factory.mktemp("finished")
     mp = pytest.MonkeyPatch()
+    handlers = {id(lg): list(lg.handlers) for lg in _all_loggers()}
     try:
         mp.chdir(root)
         mp.setattr(sys, "argv", ["app", *FAST_ARGS])
@@ -91,6 +113,10 @@ def finished_run(tmp_path_factory) -> Path:
             assert not stop.code, stop.code
     finally:
         mp.undo()
+        for lg in _all_loggers():  # what Hydra configured for this run (see restore_logging)
+            for handler in [h for h in lg.handlers if h not in handlers.get(id(lg), [])]:
+                lg.removeHandler(handler)
+                handler.close()
     [run] = [p.parent for p in (root / "outputs").rglob(".hydra")]
     return run
 
