@@ -53,6 +53,7 @@ class TrainerConf:
     accumulate_grad_batches: int = MISSING  # optimizer step every N batches (loss divided by N)
     matmul_precision: str = MISSING  # highest | high (TF32) | medium: float32 matmuls
     grad_norm_every: int = MISSING  # measure grad_norm at every N-th optimizer step (1: each)
+    threads: Optional[int] = MISSING  # torch CPU threads (intra-op); None: torch's default, one per core
 
 
 @dataclass
@@ -384,7 +385,7 @@ def register_configs() -> None:
 # ----------------------------------------------------------------------------- semantic checks
 MODES = ("min", "max")
 DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
-WANDB_MODES = ("offline", "online", "disabled")
+WANDB_MODES = ("offline", "online", "disabled", "dryrun", "run")  # dryrun, run: W&B's old names
 INTERVALS = ("epoch", "step")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
@@ -531,6 +532,9 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
            "a finite number >= 0 (the largest global gradient L2 norm; 0 turns clipping off)")
     _positive_int(cfg, "trainer.accumulate_grad_batches")
     _positive_int(cfg, "trainer.grad_norm_every")
+    if t.threads is not None:
+        _check(isinstance(t.threads, int) and t.threads >= 1, "trainer.threads", t.threads,
+               "null (torch's default: one thread per core) or an integer >= 1")
     _check(not (t.cuda_graph and str(t.precision) == "16-mixed"), "trainer.precision", t.precision,
            "32 or bf16-mixed with trainer.cuda_graph=true",
            "the GradScaler of 16-mixed decides on the host whether to step, which a CUDA graph cannot replay")
@@ -606,6 +610,21 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
                 "epoch (ReduceLROnPlateau steps with the monitored metric after validation)",
             )
             _check(cfg.scheduler.mode in MODES, "scheduler.mode", cfg.scheduler.mode, "min or max")
+        sch = cfg.scheduler
+        for key in ("step_size", "T_max", "total_steps"):  # a period or horizon: 0 divides by zero
+            if key in sch:
+                _positive_int(cfg, f"scheduler.{key}")
+        if "gamma" in sch:
+            _check(_finite(sch.gamma) and sch.gamma > 0, "scheduler.gamma", sch.gamma,
+                   "a finite number > 0 (what the learning rate is multiplied by)")
+        if "factor" in sch:
+            _check(_finite(sch.factor) and 0 < sch.factor < 1, "scheduler.factor", sch.factor,
+                   "a number in (0, 1) (what the learning rate is multiplied by on a plateau)")
+        for key in ("eta_min", "min_lr", "min_lr_ratio", "threshold"):
+            if key in sch:
+                _check(_finite(sch[key]) and sch[key] >= 0, f"scheduler.{key}", sch[key], "a finite number >= 0")
+        if "patience" in sch:
+            _positive_int(cfg, "scheduler.patience", allow_zero=True)
         if "warmup_steps" in cfg.scheduler:
             total = cfg.scheduler.total_steps
             _check(
@@ -642,7 +661,8 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     for name, node in _entries(cfg, "logger"):
         if built_as(f"logger.{name}", WandbLogger):
             _check(node.get("mode") in WANDB_MODES, f"logger.{name}.mode", node.get("mode"),
-                   ", ".join(WANDB_MODES))
+                   "offline, online or disabled",
+                   "its default is the WANDB_MODE environment variable when that is set")
 
     if metric_names is not None:
         for value in objective_names(cfg):

@@ -133,3 +133,35 @@ def test_doctor_reports_versions_and_writable_outputs(tmp_path, capsys):
 
     assert doctor.main() == 0
     assert "ready to run" in capsys.readouterr().out
+
+
+def test_a_learning_rate_that_makes_the_loss_explode_fails_the_burst(compose_cfg):
+    report = preflight.run(compose_cfg("device=cpu", "logger=none", "model=resmlp", "optimizer=sgd",
+                                       "optimizer.lr=0.05", "optimizer.nesterov=true"))
+    assert failure(report).name == "train steps"
+    assert "the loss exploded" in failure(report).detail and "lower optimizer.lr" in failure(report).detail
+    assert report.exit_code() == 1
+
+
+def readme_examples() -> list[list[str]]:
+    """The overrides of each `python -m app ...` line in the README's first example block."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("Pick an option with", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    examples = []
+    for line in block.strip().splitlines():
+        args = shlex.split(re.sub(r"\s+#.*$", "", line))[3:]  # after `python -m app`
+        if args and not any(a.startswith("-") or a == "device=cuda" for a in args):
+            examples.append(args)
+    return examples
+
+
+def test_the_readme_examples_pass_preflight(compose_cfg):
+    examples = readme_examples()
+    assert len(examples) >= 5 and examples[0][0] == "model=resmlp"
+    for args in examples:
+        report = preflight.run(compose_cfg(*args, "device=cpu"))
+        assert report.passed, (args, report.table())

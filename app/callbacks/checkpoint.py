@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import torch
 
 from app.run import faults
+from app.run.record import temp_path
 from app.callbacks.base import Callback
 from app.run.reproducibility import rng_state, set_rng_state
 
@@ -51,9 +52,9 @@ def atomic_save(obj: Any, path: Path) -> None:
     """Write `obj` with torch.save to a temp file beside `path`, then rename over it, so a
     kill at any instant leaves either the old file or the new one, never a torn one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     with open(tmp, "wb") as f:
-        faults.before_checkpoint_write(obj, f)  # test-only kill point; a no-op otherwise
+        faults.before_checkpoint_write(obj, f)  # test-only fault point; a no-op otherwise
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
@@ -67,7 +68,7 @@ def atomic_link(source: Path, path: Path) -> None:
     path = Path(path)
     if path.exists() and os.path.samefile(source, path):
         return  # already linked (renaming a link over itself would leave the temp behind)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 from app.callbacks.base import Callback
+from app.run import faults
+from app.run.record import temp_path
 
 
 class CSVLogger(Callback):
@@ -23,7 +25,8 @@ class CSVLogger(Callback):
     def on_fit_start(self, trainer) -> None:
         self.columns = trainer.metric_columns()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = temp_path(self.path)
+        faults.before_write(self.path)  # test-only fault point; a no-op otherwise
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(self.columns)
@@ -31,6 +34,7 @@ class CSVLogger(Callback):
         os.replace(tmp, self.path)
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
+        faults.before_write(self.path)
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow(self._row(metrics))
 

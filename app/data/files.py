@@ -319,7 +319,11 @@ def _read_npz(path: Any, resolved: Path) -> _Table:
     """Arrays of an .npz archive, one per key (pickled object arrays are refused)."""
     accepted = "an .npz file (numpy.savez) of numeric or string arrays, one per column name"
     try:
-        with np.load(resolved, allow_pickle=False) as archive:
+        loaded = np.load(resolved, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array under an .npz name
+            raise ConfigError("data.path", path, accepted,
+                              f"{resolved} holds a single array ({loaded.shape}, a .npy file), not named columns")
+        with loaded as archive:
             columns = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
         raise ConfigError("data.path", path, accepted,

@@ -25,7 +25,7 @@ from app.data import DataSplits, LimitedBatches, TensorBatches
 from app.errors import ConfigError
 from app.run import debug, faults
 from app.run.device import describe as describe_device
-from app.run.device import resolve_device
+from app.run.device import resolve_device, set_threads
 from app.run.load import inference_record
 from app.run.reproducibility import set_deterministic
 from app.train.acceleration import check_device_options
@@ -190,6 +190,7 @@ class Run:
     val: Batches
     test: Batches | None
     trainer: Trainer
+    threads_before: int | None = None  # torch's thread count before trainer.threads set it
 
     @property
     def checkpoint(self) -> Checkpoint | None:
@@ -200,7 +201,11 @@ class Run:
                 f"{sum(p.numel() for p in self.model.parameters())} parameters | {describe_device(self.device)}")
 
     def release(self) -> None:
-        """Free the device memory this run holds: jobs of one sweep share a process."""
+        """Free the device memory this run holds and give back torch's thread count: jobs of one
+        sweep share a process."""
+        if self.threads_before is not None:
+            torch.set_num_threads(self.threads_before)
+            self.threads_before = None
         if self.device.type == "cuda":
             self.model = self.optimizer = self.trainer = self.train = self.val = self.test = None  # type: ignore[assignment]
             torch.cuda.empty_cache()
@@ -222,6 +227,7 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
         validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
     with stage("device"):
         device = resolve_device(cfg.device.type, cfg.device.index)
+        threads_before = set_threads(cfg.trainer.threads)
         check_device_options(cfg.trainer.precision, device)
         seed_everything(cfg.seed)
         set_deterministic(cfg.deterministic)
@@ -256,4 +262,5 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
             grad_clip=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
             matmul_precision=t.matmul_precision, grad_norm_every=t.grad_norm_every,
         )
-    return Run(cfg, device, data, task, model, optimizer, scheduler, callbacks, train, val, test, trainer)
+    return Run(cfg, device, data, task, model, optimizer, scheduler, callbacks, train, val, test, trainer,
+               threads_before)

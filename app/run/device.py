@@ -46,6 +46,17 @@ def resolve_device(type: str = "auto", index: int = 0) -> torch.device:
     raise ConfigError("device.type", type, "auto, cpu, cuda, mps")
 
 
+def set_threads(threads: int | None) -> int | None:
+    """Use `threads` torch CPU threads (intra-op; `trainer.threads`); None leaves torch's own
+    choice. Returns the count before, for the run to give back (jobs of a sweep share a process),
+    or None when nothing changed."""
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        return None
+    torch.set_num_threads(threads)
+    return before
+
+
 def describe(device: torch.device) -> str:
     """A human name for the device: the GPU's name, or the CPU's architecture."""
     if device.type == "cuda":

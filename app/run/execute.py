@@ -11,12 +11,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from app.errors import ConfigError
 from app.run import debug, resume
 from app.run.build import build_run
 from app.run.device import describe
-from app.run.provenance import config_hash
 from app.config import objective_names
-from app.run.record import Status, Summary, objective, objective_values, provenance, result_line, write_json
+from app.run.provenance import config_hash, data_files
+from app.run.record import (Status, Summary, disk_full, disk_full_error, objective, objective_values, provenance,
+                            remove_own_temp_files, result_line, write_json)
 
 log = logging.getLogger("app")
 
@@ -43,9 +45,17 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
     run = build_run(cfg, run_dir, run_name=run_name, group=group, trial=trial)
     if resumption is None:
         write_json(run_dir / "provenance.json", provenance(
-            describe(run.device), list(HydraConfig.get().overrides.task), config_hash(cfg)))
+            describe(run.device), list(HydraConfig.get().overrides.task), config_hash(cfg),
+            data_files=data_files(cfg)))
     else:
-        resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
+        try:
+            resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
+        except (RuntimeError, KeyError, TypeError, IsADirectoryError) as error:  # last.pt not of this run
+            raise ConfigError(
+                "resume", str(run_dir), "a run whose checkpoints/last.pt holds the state of the model, "
+                "optimizer and scheduler this config builds (resume_force cannot change their shapes)",
+                f"checkpoints/last.pt does not fit the run built from its config "
+                f"({type(error).__name__}: {' '.join(str(error).split())[:300]})") from None
     log.info(run.describe())
     if cfg.get("debug") is not None:
         log.info(debug.describe(cfg, {"train": run.train, "val": run.val, "test": run.test}))
@@ -77,16 +87,21 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         summary.epochs_run, summary.error = run.trainer.epoch, f"{type(error).__name__}: {error}"
         if isinstance(error, KeyboardInterrupt):  # Ctrl-C: app.main prints how to continue
             summary.interrupted, error.epoch = True, run.trainer.epoch
-        raise
+        full = disk_full(error)
+        if full is None:
+            raise
+        # A full disk: one paragraph instead of the chained traceback, the summary if it fits.
+        remove_own_temp_files(run_dir)
+        summary.error = f"OSError: {full}"
+        written = _write_summary(summary, run_dir, t.mode, started, trial)
+        refusal = disk_full_error(full, run_dir, HydraConfig.get().runtime.cwd, written)
+        refusal.recorded = True  # app.main must not write over this summary
+        raise refusal from None
     finally:
-        summary.objective = objective(summary.status, summary.best, t.mode)
         if len(objective_names(cfg)) > 1:  # several objectives: each metric at the best epoch
             at_best = next((m for m in run.trainer.history if m.get("epoch") == summary.best_epoch), None)
             summary.objectives = objective_values(summary.status, at_best, objective_names(cfg), t.mode)
-        summary.wall_time_s = round(time.time() - started, 3)
-        if trial is not None:
-            summary.trial = trial.describe(summary.status)
-        summary.write(run_dir)
+        _write_summary(summary, run_dir, t.mode, started, trial)
         for callback in run.callbacks:
             callback.on_run_end(summary.to_dict())
         run.release()
@@ -96,3 +111,19 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
     if summary.debug is not None:
         (log.info if summary.debug["passed"] else log.error)(summary.debug["verdict"])
     return summary
+
+
+def _write_summary(summary: Summary, run_dir: Path, mode: str, started: float, trial: Any) -> bool:
+    """Complete and write summary.json; False when the disk is too full to hold it."""
+    summary.objective = objective(summary.status, summary.best, mode)
+    summary.wall_time_s = round(time.time() - started, 3)
+    if trial is not None:
+        summary.trial = trial.describe(summary.status)
+    try:
+        summary.write(run_dir)
+    except OSError as error:
+        if disk_full(error) is None:
+            raise
+        log.warning("summary.json could not be written: %s", error)
+        return False
+    return True

@@ -1,11 +1,16 @@
-"""FOR TESTS ONLY: make the process SIGKILL itself at a named point, to prove that a run killed
-there resumes exactly. Off unless the environment variable `APP_TEST_KILL_AT` is set, and then
-it costs nothing on the training path but a wrapper around the training batches.
+"""FOR TESTS ONLY: inject a fault at a named point, to prove what a run does when it meets it:
+the process SIGKILLs itself (a run killed there resumes exactly), or a file write fails as on a
+full disk. Off unless the environment variable `APP_TEST_KILL_AT` is set, and then it costs
+nothing on the training path but a wrapper around the training batches.
 
     APP_TEST_KILL_AT=batch:N             after the N-th training batch of this process (mid-epoch)
     APP_TEST_KILL_AT=epoch_start:N       as the N-th epoch of this process starts (between epochs)
     APP_TEST_KILL_AT=checkpoint_write:N  during the N-th checkpoint file write of this process,
                                          after half of the temp file is on disk
+    APP_TEST_KILL_AT=disk_full:N         the N-th file write of the run's records (checkpoints,
+                                         metrics.csv rows, summary.json, provenance.json) raises
+                                         OSError(ENOSPC), as a disk that filled up would; the
+                                         writes after it succeed (space was freed)
 
 Counts start at 1 in each process, so the same setting kills at the same point every time.
 
@@ -15,6 +20,7 @@ Counts start at 1 in each process, so the same setting kills at the same point e
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -22,7 +28,7 @@ from typing import Any, BinaryIO, Iterator
 
 ENV = "APP_TEST_KILL_AT"
 TRIAL_ENV = "APP_TEST_KILL_TRIAL_ID"
-POINTS = ("batch", "epoch_start", "checkpoint_write")
+POINTS = ("batch", "epoch_start", "checkpoint_write", "disk_full")
 
 
 def _parse(text: str | None) -> tuple[str, int] | None:
@@ -81,9 +87,18 @@ def wrap_train_batches(batches: Any) -> Any:
     return _KillingBatches(batches)
 
 
+def before_write(path: Any) -> None:
+    """Called before each write of a run record (`path`): at the configured `disk_full` write,
+    raise the OSError a full disk raises."""
+    if _reached("disk_full"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+
+
 def before_checkpoint_write(obj: Any, file: BinaryIO) -> None:
     """Called by `atomic_save` with its open temp file: at the configured write, put the first
-    half of the serialized checkpoint in the file, flush it to disk, and die."""
+    half of the serialized checkpoint in the file, flush it to disk, and die (`checkpoint_write`),
+    or fail as a full disk would (`disk_full`)."""
+    before_write(file.name)
     if not _reached("checkpoint_write"):
         return
     buffer = io.BytesIO()

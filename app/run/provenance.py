@@ -2,8 +2,9 @@
 
 `result_config(cfg)` is the resolved job config without the keys that cannot change a run's
 numbers (`RESULT_NEUTRAL`: logging, progress, checkpoint cadence, naming) and the keys that only
-say how to launch (`RUNTIME_KEYS`); `config_hash` is its sha256. Two runs with the same hash, git
-commit and diff hash ran the same experiment. Resuming uses the same split to decide which
+say how to launch (`RUNTIME_KEYS`); `config_hash` is its sha256. `data_files` hashes the data
+files the config names (`data.path`): the config says which file, not what it held. Two runs
+with the same config hash, data hashes, git commit and diff hash ran the same experiment. Resuming uses the same split to decide which
 changed overrides it accepts (see app/run/resume.py).
 
     python -m app.run.provenance RUN_DIR_A RUN_DIR_B    # what differs between two runs
@@ -33,6 +34,7 @@ RESULT_NEUTRAL = (
     "trainer.keep_last_k",
     "trainer.data_on_device",    # where batches are indexed; the same values either way
     "device.index",              # another GPU of the same kind
+    "trainer.threads",           # how many CPU cores compute it (like device.index: the last bits may differ)
 )
 
 
@@ -76,6 +78,24 @@ def config_hash(cfg: DictConfig | dict) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def data_files(cfg: DictConfig | dict) -> dict[str, str]:
+    """{path as the config names it: "sha256:<hex>"} of the data files the run reads
+    (`data.path`; relative paths from the working directory, as the data loader reads them).
+    A file that cannot be read is recorded as "unreadable" (the data loader says why)."""
+    data = to_plain(cfg).get("data")
+    path = data.get("path") if isinstance(data, dict) else None
+    if not isinstance(path, str) or not path:
+        return {}
+    digest = hashlib.sha256()
+    try:
+        with open(Path(path).expanduser(), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return {path: "unreadable"}
+    return {path: "sha256:" + digest.hexdigest()}
+
+
 def config_changes(old: DictConfig | dict, new: DictConfig | dict) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (old value, new value)} for every leaf that differs (missing: None)."""
     a, b = flatten(to_plain(old)), flatten(to_plain(new))
@@ -83,7 +103,8 @@ def config_changes(old: DictConfig | dict, new: DictConfig | dict) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------- compare two runs
-FIELDS = ("config_hash", "git_commit", "git_dirty", "git_diff_sha256", "device", "python", "platform")
+FIELDS = ("config_hash", "data_files", "git_commit", "git_dirty", "git_diff_sha256", "device", "python", "platform")
+SAME_EXPERIMENT = ("config_hash", "data_files", "git_commit", "git_diff_sha256")  # these must agree
 
 
 def compare(run_a: Path, run_b: Path) -> tuple[list[tuple[str, Any, Any]], dict[str, tuple[Any, Any]]]:
@@ -111,7 +132,7 @@ def compare(run_a: Path, run_b: Path) -> tuple[list[tuple[str, Any, Any]], dict[
 
 def main(argv: list[str]) -> int:
     """Print what differs between two run directories. Exit 0 when they ran the same experiment
-    (same config hash, commit and diff), 1 when they did not, 2 on bad arguments."""
+    (same config hash, data files, commit and diff), 1 when they did not, 2 on bad arguments."""
     if len(argv) != 2 or any(a in ("-h", "--help") for a in argv):
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
@@ -125,8 +146,8 @@ def main(argv: list[str]) -> int:
     for key, (a, b) in changes.items():
         note = "" if not is_result_neutral(key) else "  (does not change the numbers)"
         print(f"config {key}: {a!r} | {b!r}{note}")
-    same = not any(name in ("config_hash", "git_commit", "git_diff_sha256") for name, _, _ in fields)
-    print("same experiment (config hash, commit and diff agree)" if same else "different experiments")
+    same = not any(name in SAME_EXPERIMENT for name, _, _ in fields)
+    print("same experiment (config hash, data files, commit and diff agree)" if same else "different experiments")
     return 0 if same else 1
 
 

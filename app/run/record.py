@@ -2,6 +2,7 @@
 JSON helpers `provenance.json` uses."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -17,6 +18,8 @@ from enum import Enum
 from typing import Any
 
 from app import PROJECT_ROOT
+from app.errors import ConfigError
+from app.run import faults
 
 SUMMARY_FILE = "summary.json"
 
@@ -213,15 +216,95 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def temp_path(path: str | Path) -> Path:
+    """The temp file an atomic write of `path` goes through: hidden, beside `path`, and unique to
+    this process (`.<name>.<pid>.tmp`), so two processes never write into each other's temp."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically (temp file + rename) so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        faults.before_write(path)  # test-only fault point; a no-op otherwise
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk gets its space back
+        raise
+
+
+# ----------------------------------------------------------------------------- a full disk
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException | None) -> OSError | None:
+    """The "no space left" / "quota exceeded" OSError in `error` or what it was raised from
+    (torch.save wraps the file's OSError in a RuntimeError), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def remove_own_temp_files(run_dir: str | Path) -> None:
+    """Remove the temp files this process left in `run_dir` (writes a full disk cut short)."""
+    for tmp in Path(run_dir).rglob(f".*.{os.getpid()}.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _kept(run_dir: Path) -> str:
+    """What a run dir holds that a resume continues from, in words."""
+    kept = []
+    metrics = run_dir / "metrics.csv"
+    if metrics.exists():
+        rows = max(0, sum(1 for line in metrics.read_text().splitlines() if line.strip()) - 1)
+        kept.append(f"metrics.csv ({rows} epoch{'s' if rows != 1 else ''})")
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        try:
+            from app.callbacks.checkpoint import load_checkpoint
+
+            kept.append(f"checkpoints/last.pt (after epoch {load_checkpoint(last)['epoch']})")
+        except Exception:  # noqa: BLE001 -- only for the message: name the file all the same
+            kept.append("checkpoints/last.pt")
+    return ", ".join(kept) or "nothing yet"
+
+
+def disk_full_error(full: OSError, run_dir: str | Path, launch_dir: str | Path,
+                    summary_written: bool) -> ConfigError:
+    """The one paragraph for a run stopped by a full disk: what was full, what was kept, how to
+    continue once there is space."""
+    run_dir = Path(run_dir)
+    where = f" writing {shown_path(full.filename, run_dir)}" if full.filename else ""
+    kind = "over its disk quota" if full.errno == errno.EDQUOT else "full"
+    summary = ("summary.json says failed" if summary_written
+               else "summary.json could not be written either")
+    return ConfigError(
+        "hydra.run.dir", shown_path(run_dir, launch_dir),
+        f"free space on that disk, then continue the run with: python -m app "
+        f"resume={shown_path(run_dir, launch_dir)} (new runs can go elsewhere with hydra.run.dir=<dir>)",
+        f"The disk holding the run directory is {kind} ({full.strerror or 'no space left'}{where}), "
+        f"so the run stopped. Kept: {_kept(run_dir)}; {summary}",
+    )
+
+
+class DamagedRecord(ValueError):
+    """A record of a run (summary.json, provenance.json) that is not the JSON this app writes."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is not a record this app can read ({reason})")
+        self.path = Path(path)
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """Read a file written by `write_json`, turning "inf"/"-inf"/"nan" back into floats."""
+    """Read a file written by `write_json`, turning "inf"/"-inf"/"nan" back into floats. Raises
+    DamagedRecord when it is not JSON (or not an object)."""
 
     def revive(obj):
         for key, value in obj.items():
@@ -229,7 +312,13 @@ def read_json(path: Path) -> dict[str, Any]:
                 obj[key] = float(value)
         return obj
 
-    return json.loads(Path(path).read_text(), object_hook=revive)
+    try:
+        data = json.loads(Path(path).read_text(), object_hook=revive)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DamagedRecord(path, f"{type(error).__name__}: {error}") from None
+    if not isinstance(data, dict):
+        raise DamagedRecord(path, f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _git(*args: str) -> str | None:
@@ -263,12 +352,14 @@ def git_state() -> dict[str, Any]:
 
 
 def provenance(device_name: str, overrides: list[str], config_hash: str | None = None,
-               command: list[str] | None = None) -> dict[str, Any]:
-    """Where a number came from: code version, command, library versions, device, and the hash of
-    the config that determines the numbers (`app.run.provenance.config_hash`)."""
+               command: list[str] | None = None, data_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """Where a number came from: code version, command, library versions, device, the hash of
+    the config that determines the numbers (`app.run.provenance.config_hash`) and of the data
+    files it reads (`app.run.provenance.data_files`)."""
     return {
         **git_state(),
         "config_hash": config_hash,
+        "data_files": data_files or {},
         "command": command or [sys.executable, *sys.argv],
         "overrides": overrides,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -70,6 +70,17 @@ def run_directory(value: Any) -> Path:
         raise ConfigError("resume", value, accepted, f"{path} is not a directory")
     if not (path / ".hydra" / "config.yaml").exists() or not (path / ".hydra" / "overrides.yaml").exists():
         raise ConfigError("resume", value, accepted, f"{path} has no .hydra/config.yaml")
+    for name in ("config.yaml", "overrides.yaml"):  # damaged records: say which, before Hydra reads them
+        try:
+            record = OmegaConf.load(path / ".hydra" / name)
+        except Exception as error:  # noqa: BLE001 -- any reason it cannot be read
+            raise ConfigError("resume", value, accepted, f"{path}/.hydra/{name} cannot be read "
+                              f"({type(error).__name__}: {' '.join(str(error).split())})") from None
+        shape_ok = (OmegaConf.is_dict(record) if name == "config.yaml"
+                    else OmegaConf.is_list(record) and all(isinstance(o, str) for o in record))
+        if not shape_ok:
+            raise ConfigError("resume", value, accepted, f"{path}/.hydra/{name} is not what this app "
+                              "writes there (" + ("a mapping" if name == "config.yaml" else "a list of overrides") + ")")
     return path
 
 
@@ -105,6 +116,22 @@ class Resumption:
     finished: Summary | None = None  # the run's summary when it has already finished
     message: str = ""
 
+    def replan_schedule(self, trainer, train_batches) -> str | None:
+        """A run extended to more epochs: its schedule's horizon moves to the new total
+        (app.train.schedulers.replan states the rule). Returns what changed, or None."""
+        if EXTENDABLE not in self.accepted or trainer.scheduler is None:
+            return None
+        from app.train.schedulers import replan
+
+        old, new = self.accepted[EXTENDABLE]
+        per_epoch = 1
+        if trainer.scheduler_interval == "step":  # horizons in optimizer steps
+            per_epoch = -(-len(train_batches) // trainer.accumulate)
+        replanned = replan(trainer.scheduler, old * per_epoch, new * per_epoch)
+        if replanned:
+            log.info("resume: the run is extended from %d to %d epochs; schedule re-planned: %s", old, new, replanned)
+        return replanned
+
     def restore(self, trainer, train_batches, checkpoint, device_name: str, cfg: DictConfig) -> int:
         """Load last.pt into the freshly built run; record the resume in provenance.json.
         Returns the epoch it continues after (0 when the run died before its first checkpoint)."""
@@ -117,6 +144,7 @@ class Resumption:
                 "a resume starts the run again from epoch 0 in its directory)", str(error),
             ) from None
         epoch = state["epoch"] if state is not None else 0
+        replanned = self.replan_schedule(trainer, train_batches)
         path = self.run_dir / "provenance.json"
         record = read_json(path) if path.exists() else {}
         before = (record.get("resumes") or [record])[-1].get("device")
@@ -130,6 +158,7 @@ class Resumption:
             "from_epoch": epoch,
             "accepted_changes": {k: list(v) for k, v in self.accepted.items()},
             "forced_changes": {k: list(v) for k, v in self.forced.items()},
+            **({"schedule_replanned": replanned} if replanned else {}),
             "device": device_name,
         })
         write_json(path, record)
@@ -137,20 +166,29 @@ class Resumption:
         return epoch
 
 
-def _refusal(key: str, old: Any, new: Any, overridden: bool, saved: DictConfig) -> str:
-    """One refused change, said with why it changed when that is not the command line."""
-    text = f"{key}: {old!r} -> {new!r}"
-    try:  # the value as the run's config wrote it, interpolation and all
+def _raw(saved: DictConfig, key: str) -> Any:
+    """The value of `key` as the run's config wrote it, interpolation and all (None: absent)."""
+    try:
         raw = OmegaConf.to_container(saved, resolve=False)
         for part in key.split("."):
             raw = raw[part]
     except (KeyError, TypeError):
-        raw = None
+        return None
+    return raw
+
+
+def _follows_epochs(saved: DictConfig, key: str) -> bool:
+    """Whether the run's config wrote `key` as following trainer.epochs (cosine's T_max...)."""
+    raw = _raw(saved, key)
+    return isinstance(raw, str) and "${" + EXTENDABLE + "}" in raw
+
+
+def _refusal(key: str, old: Any, new: Any, overridden: bool, saved: DictConfig) -> str:
+    """One refused change, said with why it changed when that is not the command line."""
+    text = f"{key}: {old!r} -> {new!r}"
+    raw = _raw(saved, key)
     if isinstance(raw, str) and "${" in raw:
-        text += f" (it follows {raw}"
-        if EXTENDABLE in raw:
-            text += f"; to extend the run, pin it with {key}={old!r}: the epochs already run stay as they were"
-        return text + ")"
+        return text + f" (it follows {raw})"
     if not overridden:
         text += " (not overridden on this command line: conf/ changed since the run started)"
     return text
@@ -177,12 +215,17 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Resumption:
 
     resumption = Resumption(resume_dir)
     refused = []
-    for key, (old, new) in config_changes(saved, cfg).items():
+    changes = config_changes(saved, cfg)
+    old_epochs, new_epochs = changes.get(EXTENDABLE, (None, None))
+    extended = isinstance(old_epochs, int) and isinstance(new_epochs, int) and new_epochs >= old_epochs
+    for key, (old, new) in changes.items():
         if key in RUNTIME_KEYS:
             continue
         if is_result_neutral(key):
             resumption.accepted[key] = (old, new)
-        elif key == EXTENDABLE and isinstance(old, int) and isinstance(new, int) and new >= old:
+        elif key == EXTENDABLE and extended:
+            resumption.accepted[key] = (old, new)
+        elif extended and _follows_epochs(saved, key):  # a horizon: re-planned, see Resumption.replan_schedule
             resumption.accepted[key] = (old, new)
         else:
             overridden = any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in new_keys)

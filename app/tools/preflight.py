@@ -4,11 +4,14 @@
 
 Composes the config and builds the run exactly as `python -m app` does (app/run/build.py: data,
 model, optimizer, scheduler, callbacks, batches, the Trainer with all its options), then takes the
-Trainer's own steps: one batch (forward, loss, backward, optimizer step), a few batches through the
-training loop's step (CUDA graphs, accumulation and clipping as configured), a scheduler step and
-one validation batch, checking on the way that output and target shapes agree, the loss and every
-gradient are finite, the weights stay finite, and a checkpoint of the full state can be written. Prints a pass/fail table and the peak memory; writes no run
-directory. Exit status: 0 passed, 1 a check failed, 2 the configuration is invalid.
+Trainer's own steps: one batch (forward, loss, backward, optimizer step), a burst of up to
+`BURST_STEPS` optimizer steps through the training loop's step (CUDA graphs, accumulation and
+clipping as configured), a scheduler step and one validation batch, checking on the way that
+output and target shapes agree, the loss and every gradient are finite, the weights stay finite,
+the loss neither becomes non-finite nor explodes during the burst (a learning rate too large for
+the model shows there), and a checkpoint of the full state can be written. Prints a pass/fail
+table and the peak memory; writes no run directory. Exit status: 0 passed, 1 a check failed, 2
+the configuration is invalid.
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ from app.run.build import Run, build_run
 from app.run.device import describe
 from app.run.reproducibility import determinism_refusal
 from app.train import acceleration
+
+BURST_STEPS = 32  # optimizer steps of the burst (about an epoch of the default task)
+EXPLODED = 10.0  # the burst fails when a window's mean loss exceeds this x the first window's
 
 CHECKS = (
     "config", "device", "data", "model", "optimizer", "scheduler", "callbacks", "batches", "trainer",
@@ -215,12 +221,23 @@ def run(cfg: DictConfig) -> Report:
             moved = sum(not torch.equal(b, p.detach()) for b, (_, p) in zip(before, named))
             row.detail = f"{moved} of {len(named)} parameter tensors changed"
         with report.check("train steps") as row, acceleration.matmul_precision(trainer.matmul_precision):
-            first = LimitedBatches(run.train, max(2, cfg.trainer.accumulate_grad_batches))
-            loss_sum, steps = trainer.train_epoch(first)  # the loop's own path: graphs, accumulation
-            mean = float(loss_sum) / first.num_samples
-            if not math.isfinite(mean):
-                raise CheckFailed(f"loss is {mean} over the first {len(first)} batches")
-            row.detail = (f"{len(first)} batches, {steps} optimizer step(s), mean loss {mean:.6g} "
+            window = max(2, cfg.trainer.accumulate_grad_batches)
+            losses: list[float] = []
+            steps = 0
+            while steps < BURST_STEPS and len(losses) < BURST_STEPS:
+                batches = LimitedBatches(run.train, window)
+                loss_sum, taken = trainer.train_epoch(batches)  # the loop's own path: graphs, accumulation
+                losses.append(float(loss_sum) / batches.num_samples)  # one read per window, not per step
+                steps += taken
+                if not math.isfinite(losses[-1]):
+                    raise CheckFailed(
+                        f"the loss became {losses[-1]} within {steps} optimizer steps (first batches: "
+                        f"{losses[0]:.4g}); lower optimizer.lr or set trainer.grad_clip")
+                if losses[-1] > EXPLODED * losses[0]:
+                    raise CheckFailed(
+                        f"the loss exploded from {losses[0]:.4g} to {losses[-1]:.4g} within {steps} optimizer "
+                        f"steps; lower optimizer.lr or set trainer.grad_clip")
+            row.detail = (f"{steps} optimizer step(s), mean loss {losses[0]:.4g} -> {losses[-1]:.4g} "
                           f"(precision {trainer.precision}, compile {bool(cfg.trainer.compile)}, "
                           f"cuda_graph {trainer.graphed is not None}, grad_clip {trainer.grad_clip:g}, "
                           f"accumulate {trainer.accumulate})")
