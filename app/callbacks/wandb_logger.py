@@ -43,7 +43,8 @@ class WandbLogger(Logger):
         self.run = wandb.init(
             **self.kwargs,
             config=self.run_config,
-            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+            # create_new: the members of a pack (app/train/packed.py) each have a run open at once.
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, reinit="create_new"),
         )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
