@@ -236,17 +236,17 @@ class PackedTrainer:
                 names = ["val_loss", *(f"val_{name}" for name in self.task.metrics)]
                 val_samples = run.val.num_samples
                 metrics.update({name: v / val_samples for name, v in zip(names, values[row][3:])})
-            metrics.update(self._health(trainer, values[row], steps, measured, num_samples, seconds))
+            metrics.update(self._health(trainer, values[row], measured[row], num_samples, seconds))
             metrics["epoch_time"] = time.perf_counter() - started
             self._write_member(row)
             _end_epoch(trainer, metrics)
             if _done(trainer):
                 self._finish(self.rows[row])
 
-    def _train_epoch(self, active: list[int]) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    def _train_epoch(self, active: list[int]) -> tuple[Tensor, Tensor, Tensor, list[int], int]:
         """One pass of every active member over its own batches. Returns the per-row sums of
         the loss (x samples), of the measured gradient norms, their max, the number of steps
-        measured and the number of steps."""
+        measured per row and the number of steps."""
         rows = len(self.rows)
         runs = [self.runs[self.rows[row]] for row in range(rows)]
         trainers = [run.trainer for run in runs]
@@ -263,7 +263,8 @@ class PackedTrainer:
                     and trainers[row].scheduler_interval == "step"]
         iterators = [iter(runs[row].train) for row in active]
         forward = vmap(self._forward, in_dims=(0, 0, 0), randomness="different")
-        steps = measured = 0
+        clips = (clip.squeeze(1) > 0).to(clip.dtype)
+        steps, measured = 0, [0] * rows
         for batches in zip(*iterators):
             by_row = dict(zip(active, batches))
             filler = batches[0]
@@ -273,20 +274,24 @@ class PackedTrainer:
             self.flat.grad = None
             losses.sum().backward()
             grad = self.flat.grad
-            measure = track and (clipping or steps % every == 0)
-            if measure or clipping:
+            # As Trainer.optimizer_step: the norm at every `every`-th step, and at every step of
+            # a member that clips (it is computed anyway).
+            every_rows = track and steps % every == 0
+            if every_rows or clipping:
                 norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
                 if clipping:  # as clip_grad_norm_: scale by max_norm / (norm + 1e-6) where that is < 1
                     coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
                     grad = grad * torch.where(clip > 0, coef, torch.ones_like(coef))
-                if measure:
-                    norm_sum += norm.squeeze(1)
-                    torch.maximum(norm_max, norm.squeeze(1), out=norm_max)
+                if track:
+                    taken = norm.squeeze(1) if every_rows else norm.squeeze(1) * clips
+                    norm_sum += taken
+                    torch.maximum(norm_max, taken, out=norm_max)
+                    for row in range(rows):
+                        measured[row] += every_rows or trainers[row].grad_clip > 0
             self.optimizer.step(self.flat, grad, mask)
             self.optimizer.count(active)
             loss_sums += losses.detach() * y.shape[1]
             steps += 1
-            measured += measure
             with _scheduling():
                 for row in stepping:
                     runs[row].scheduler.step()
@@ -307,8 +312,8 @@ class PackedTrainer:
             sums += torch.stack([p.float() for p in parts], dim=1)
         return sums
 
-    def _health(self, trainer: Any, values: list[float], steps: int, measured: int,
-                num_samples: int, seconds: float) -> dict[str, float]:
+    def _health(self, trainer: Any, values: list[float], measured: int, num_samples: int,
+                seconds: float) -> dict[str, float]:
         """The member's learning rates and training health, as `Trainer` reports them."""
         metrics = {"lr": trainer.optimizer.param_groups[0]["lr"]}
         if trainer.track_grad_norm and measured:

@@ -76,6 +76,7 @@ class StackedOptimizer:
             self.state = {"exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
         self._key: tuple | None = None
         self._hyper: dict[str, Tensor] = {}
+        self._hyper64: dict[str, Tensor] = {}
         for row in range(k):
             self.read_from(row)
 
@@ -86,16 +87,22 @@ class StackedOptimizer:
         return (group["lr"], group["weight_decay"], *group["betas"], group["eps"])
 
     def hyperparameters(self) -> dict[str, Tensor]:
-        """Each row's hyperparameters as [K, 1] tensors, rebuilt only when a member's changed
-        (a scheduler steps the member's param_groups): a host-to-device copy, never a read."""
+        """Each row's hyperparameters, and the coefficients derived from them, as [K, 1] tensors;
+        rebuilt only when a member's changed (a scheduler steps the member's param_groups): a
+        host-to-device copy, never a read. Derived coefficients (1 - beta, 1 - lr * wd) are
+        computed in double precision, as torch computes them from Python floats."""
         settings = tuple(self._settings(o.param_groups[0]) for o in self.optimizers)
         if settings != self._key:
-            ref = self.step_count
-            columns = list(zip(*settings))
             names = (("lr", "weight_decay", "momentum", "nesterov") if self.kind == "sgd"
                      else ("lr", "weight_decay", "beta1", "beta2", "eps"))
-            self._hyper = {name: torch.tensor([[float(v)] for v in column], dtype=ref.dtype).to(
-                ref.device, non_blocking=True) for name, column in zip(names, columns)}
+            h = {name: torch.tensor([[float(v)] for v in column], dtype=torch.float64)
+                 for name, column in zip(names, zip(*settings))}
+            if self.kind != "sgd":
+                h["1-beta1"], h["1-beta2"] = 1 - h["beta1"], 1 - h["beta2"]
+                h["1-lr*wd"] = 1 - h["lr"] * h["weight_decay"]
+            ref = self.step_count
+            self._hyper64 = {k: v.to(ref.device, non_blocking=True) for k, v in h.items()}
+            self._hyper = {k: v.to(ref.dtype).to(ref.device, non_blocking=True) for k, v in h.items()}
             self._key = settings
         return self._hyper
 
@@ -116,21 +123,21 @@ class StackedOptimizer:
             new_flat = flat - lr * direction
             buffer.copy_(torch.where(active, new_buffer, buffer))
         else:
-            beta1, beta2 = h["beta1"], h["beta2"]
             if self.kind == "adamw":
-                decayed = flat * (1 - lr * wd)
+                decayed = flat * h["1-lr*wd"]
             else:
                 decayed, grad = flat, grad + wd * flat
             exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
-            new_avg = torch.lerp(exp_avg, grad, 1 - beta1)
-            new_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
+            new_avg = torch.lerp(exp_avg, grad, h["1-beta1"])
+            new_avg_sq = exp_avg_sq * h["beta2"] + h["1-beta2"] * grad * grad
             # Bias corrections in float64 on [K, 1] (torch computes them in double on the host).
             step64 = step.double()
-            correction1 = (1 - beta1.double() ** step64).to(flat.dtype)
-            correction2_sqrt = (1 - beta2.double() ** step64).sqrt().to(flat.dtype)
+            correction1 = 1 - self._hyper64["beta1"] ** step64
+            correction2_sqrt = (1 - self._hyper64["beta2"] ** step64).sqrt().to(flat.dtype)
+            step_size = (self._hyper64["lr"] / correction1).to(flat.dtype)
             denom = new_avg_sq.sqrt() / correction2_sqrt + h["eps"]
             # Rows that never stepped (inactive at step 0) divide by zero: `where` discards them.
-            new_flat = decayed - (lr / correction1) * new_avg / denom
+            new_flat = decayed - step_size * new_avg / denom
             exp_avg.copy_(torch.where(active, new_avg, exp_avg))
             exp_avg_sq.copy_(torch.where(active, new_avg_sq, exp_avg_sq))
         flat.copy_(torch.where(active, new_flat, flat))
