@@ -23,6 +23,7 @@ import pytest
 import torch
 from torch import nn
 
+from app.config import validate
 from app.errors import ConfigError
 from app.run.build import build_optimizer, build_run
 from app.run.pack import execute_pack, pack_size
@@ -305,6 +306,8 @@ def test_settings_packs_do_not_support_fall_back_with_a_notice(compose_cfg, tmp_
 def test_bad_pack_values_are_refused(compose_cfg, value):
     with pytest.raises(ConfigError, match=r"Invalid value for `pack`"):
         pack_size(compose_cfg(f"pack={value}"), 4)
+    with pytest.raises(ConfigError, match=r"Accepted: auto \(every run in one pack\), false"):
+        validate(compose_cfg(f"pack={value}"))  # checked with the config, seeds or not
 
 
 def test_pack_sizes(compose_cfg):

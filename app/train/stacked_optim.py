@@ -101,7 +101,8 @@ class StackedOptimizer:
                 h["1-beta1"], h["1-beta2"] = 1 - h["beta1"], 1 - h["beta2"]
                 h["1-lr*wd"] = 1 - h["lr"] * h["weight_decay"]
             ref = self.step_count
-            self._hyper64 = {k: v.to(ref.device, non_blocking=True) for k, v in h.items()}
+            wide = torch.float32 if ref.device.type == "mps" else torch.float64  # MPS has no float64
+            self._hyper64 = {k: v.to(wide).to(ref.device, non_blocking=True) for k, v in h.items()}
             self._hyper = {k: v.to(ref.dtype).to(ref.device, non_blocking=True) for k, v in h.items()}
             self._key = settings
         return self._hyper
@@ -131,7 +132,7 @@ class StackedOptimizer:
             new_avg = torch.lerp(exp_avg, grad, h["1-beta1"])
             new_avg_sq = exp_avg_sq * h["beta2"] + h["1-beta2"] * grad * grad
             # Bias corrections in float64 on [K, 1] (torch computes them in double on the host).
-            step64 = step.double()
+            step64 = step.to(self._hyper64["lr"].dtype)
             correction1 = 1 - self._hyper64["beta1"] ** step64
             correction2_sqrt = (1 - self._hyper64["beta2"] ** step64).sqrt().to(flat.dtype)
             step_size = (self._hyper64["lr"] / correction1).to(flat.dtype)
