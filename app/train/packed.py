@@ -288,7 +288,7 @@ class PackedTrainer:
                     torch.maximum(norm_max, taken, out=norm_max)
                     for row in range(rows):
                         measured[row] += every_rows or trainers[row].grad_clip > 0
-            self.optimizer.step(self.flat, grad, mask)
+            self.optimizer.step(self.flat, grad, None if len(active) == rows else mask)
             self.optimizer.count(active)
             loss_sums += losses.detach() * y.shape[1]
             steps += 1

@@ -109,39 +109,51 @@ class StackedOptimizer:
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
-    def step(self, flat: Tensor, grad: Tensor, active: Tensor) -> None:
-        """Update `flat` [K, P] in place from `grad` [K, P]; rows where `active` [K, 1] (bool)
-        is false keep their parameters and state."""
+    def step(self, flat: Tensor, grad: Tensor, active: Tensor | None = None) -> None:
+        """Update `flat` [K, P] in place from `grad` [K, P] (which it may overwrite); rows where
+        `active` [K, 1] (bool) is false keep their parameters and state exactly. `active=None`:
+        every row steps, in place, without the masking (the same arithmetic)."""
         h = self.hyperparameters()
         lr, wd = h["lr"], h["weight_decay"]
-        step = self.step_count + active.to(self.step_count.dtype)
+        step = self.step_count + (1 if active is None else active.to(self.step_count.dtype))
         if self.kind == "sgd":
             grad = grad + wd * flat
             buffer = self.state["momentum_buffer"]
             # A fresh buffer is zeros, so the first step's buffer is the gradient itself, as in torch.
             new_buffer = buffer * h["momentum"] + grad
             direction = torch.where(h["nesterov"] > 0, grad + h["momentum"] * new_buffer, new_buffer)
-            new_flat = flat - lr * direction
-            buffer.copy_(torch.where(active, new_buffer, buffer))
+            update = lr * direction
+            _commit(buffer, new_buffer, active)
+            _commit(flat, flat - update, active)
         else:
-            if self.kind == "adamw":
-                decayed = flat * h["1-lr*wd"]
-            else:
-                decayed, grad = flat, grad + wd * flat
-            exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
-            new_avg = torch.lerp(exp_avg, grad, h["1-beta1"])
-            new_avg_sq = exp_avg_sq * h["beta2"] + h["1-beta2"] * grad * grad
             # Bias corrections in float64 on [K, 1] (torch computes them in double on the host).
             step64 = step.to(self._hyper64["lr"].dtype)
             correction1 = 1 - self._hyper64["beta1"] ** step64
             correction2_sqrt = (1 - self._hyper64["beta2"] ** step64).sqrt().to(flat.dtype)
             step_size = (self._hyper64["lr"] / correction1).to(flat.dtype)
-            denom = new_avg_sq.sqrt() / correction2_sqrt + h["eps"]
-            # Rows that never stepped (inactive at step 0) divide by zero: `where` discards them.
-            new_flat = decayed - step_size * new_avg / denom
-            exp_avg.copy_(torch.where(active, new_avg, exp_avg))
-            exp_avg_sq.copy_(torch.where(active, new_avg_sq, exp_avg_sq))
-        flat.copy_(torch.where(active, new_flat, flat))
+            if self.kind == "adam":
+                grad = grad + wd * flat
+            exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
+            squared = h["1-beta2"] * grad
+            squared.mul_(grad)
+            if active is None:
+                exp_avg.lerp_(grad, h["1-beta1"])
+                new_avg, new_avg_sq = exp_avg, exp_avg_sq.mul_(h["beta2"]).add_(squared)
+            else:
+                new_avg = torch.lerp(exp_avg, grad, h["1-beta1"])
+                new_avg_sq = (exp_avg_sq * h["beta2"]).add_(squared)
+            denom = new_avg_sq.sqrt().div_(correction2_sqrt).add_(h["eps"])
+            # Rows that never stepped (inactive at step 0) divide by zero: the mask discards them.
+            update = (new_avg * step_size).div_(denom)
+            if active is None:
+                if self.kind == "adamw":
+                    flat.mul_(h["1-lr*wd"])
+                flat.sub_(update)
+            else:
+                decayed = flat * h["1-lr*wd"] if self.kind == "adamw" else flat
+                _commit(flat, decayed - update, active)
+                _commit(exp_avg, new_avg, active)
+                _commit(exp_avg_sq, new_avg_sq, active)
         self.step_count.copy_(step)
 
     def count(self, rows: Sequence[int]) -> None:
@@ -205,3 +217,8 @@ class StackedOptimizer:
         self.optimizers = [self.optimizers[r] for r in rows]
         self.params = [self.params[r] for r in rows]
         self._key = None
+
+
+def _commit(target: Tensor, new: Tensor, active: Tensor | None) -> None:
+    """target <- new, in the rows where `active` (every row for None)."""
+    target.copy_(new if active is None else torch.where(active, new, target))
