@@ -228,6 +228,7 @@ class Config:
     seed: int = MISSING
     deterministic: bool = MISSING  # PyTorch deterministic algorithms (refusing ops are named)
     seeds: Optional[List[int]] = MISSING  # several seeds in one run: objective = their mean
+    pack: Any = MISSING  # auto | false | K: runs trained together as one vectorized model (app/run/pack.py)
     task_name: str = MISSING
     data: Any = MISSING
     model: Any = MISSING
@@ -516,6 +517,9 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
         _check(len(seeds) > 0 and len(set(seeds)) == len(seeds) and all(s >= 0 for s in seeds),
                "seeds", seeds, "null (train once with `seed`) or a non-empty list of distinct "
                "integers >= 0, e.g. seeds=[1,2,3]")
+    from app.run.pack import pack_size
+
+    pack_size(cfg, 1)  # refuses anything but auto, false or an integer >= 1
 
     t = cfg.trainer
     for key in ("epochs", "batch_size", "val_every", "checkpoint_every"):

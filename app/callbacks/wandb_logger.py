@@ -69,7 +69,8 @@ class WandbLogger(Logger):
         return wandb.init(
             **kwargs,
             config=self.run_config,
-            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
+            # create_new: the members of a pack (app/train/packed.py) each have a run open at once.
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, reinit="create_new",
                                     init_timeout=self.init_timeout),
         )
 

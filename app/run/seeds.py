@@ -1,22 +1,32 @@
 """One configuration, several seeds, one run: `python -m app seeds=[1,2,3]`.
 
 Each seed trains as a run of its own in `<run dir>/seed_<n>/` (metrics.csv, checkpoints/,
-summary.json, provenance.json), one after the other. The run dir's summary.json aggregates them:
+summary.json, provenance.json). By default the seeds train together as one pack, one vectorized
+model (app/run/pack.py, `pack: auto`); `pack=K` trains packs of at most K seeds, `pack=false` one
+seed after the other. Seeds that cannot be packed (a model torch.func cannot vectorize, a setting
+packs do not support) train one after the other, after a one-line notice naming why. In an
+Optuna sweep the seeds of a trial train one after the other (the trial's pruner follows them in
+order: app/search/trial.py). A killed packed run continues with `resume=<run dir>`: finished
+seeds are kept, the others continue from their checkpoints. The run dir's summary.json
+aggregates the seeds:
 
 - `objective`: the mean of the seeds' objectives (what a sweep optimises), `objective_std` their
   sample standard deviation (0 for one seed); `best`/`best_std` likewise for the best values,
-  `test` the mean of each test metric; `epochs_run` and `wall_time_s` are totals.
+  `test` the mean of each test metric; `epochs_run` is their total.
 - `per_seed`: each seed's status, best, best_epoch, epochs_run, objective and directory.
 - `status`: `completed` when every seed ended normally (completed or early-stopped). A seed that
-  is pruned or diverges ends the run with that status (the remaining seeds would not change the
-  verdict) and the objective is the worst value, as for a single run. A seed that raises ends
-  the run as `failed`.
+  is pruned or diverges ends the run with that status (one after the other, the remaining seeds
+  are not trained: they would not change the verdict) and the objective is the worst value, as
+  for a single run. A seed that raises ends the run as `failed`.
+- `wall_time_s`: the run's time (packed seeds train at once, so not the sum of theirs).
 """
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import statistics
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +34,8 @@ from omegaconf import DictConfig, open_dict
 
 from app.config import objective_names, validate
 from app.run.record import Status, Summary, objective_values, worst_value
+
+log = logging.getLogger("app")
 
 
 def with_seed(cfg: DictConfig, seed: int) -> DictConfig:
@@ -46,7 +58,9 @@ def aggregate(per_seed: list[dict[str, Any]], seeds: list[int], monitor: str, mo
     the metrics of a list monitor (several objectives)."""
     statuses = [Status.of(s.get("status")) for s in per_seed]
     ended_normally = len(per_seed) == len(seeds) and all(s.ended_normally for s in statuses)
-    status = Status.COMPLETED if ended_normally else (statuses[-1] if per_seed else Status.FAILED)
+    # The first seed that did not end normally decides (one after the other, it is the last).
+    first_abnormal = next((i for i, s in enumerate(statuses) if not s.ended_normally), len(per_seed) - 1)
+    status = Status.COMPLETED if ended_normally else (statuses[first_abnormal] if per_seed else Status.FAILED)
     objective, objective_std = _mean_std([s.get("objective") for s in per_seed]) if ended_normally else (None, None)
     best, best_std = _mean_std([s.get("best") for s in per_seed])
     test_keys = set.intersection(*(set(s.get("test") or {}) for s in per_seed)) if per_seed else set()
@@ -72,19 +86,34 @@ def aggregate(per_seed: list[dict[str, Any]], seeds: list[int], monitor: str, mo
         summary.message = (f"{len(seeds)} seeds: {monitor} {objective:.6g} +- {objective_std:.3g}"
                            if objective is not None else f"{len(seeds)} seeds")
     elif per_seed:
-        last = per_seed[-1]
+        last = per_seed[first_abnormal]
         summary.message = f"seed {last.get('seed')}: {last.get('message') or last.get('error') or status}"
     return summary
 
 
 def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., Summary],
                 trial: Any = None) -> Summary:
-    """Run `train(cfg_with_seed, run_dir / f"seed_{n}", trial=trial)` for each of `cfg.seeds`;
-    write and return the aggregate summary (see module docstring)."""
+    """Train each of `cfg.seeds` in `run_dir / f"seed_{n}"`: in packs (see module docstring), or
+    one after the other through `train(cfg_with_seed, seed_dir, trial=trial)`; write and return
+    the aggregate summary."""
     validate(cfg)  # before any seed's directory is made
+    from app.run.pack import pack_size
+
     seeds = [int(s) for s in cfg.seeds]
+    size = pack_size(cfg, len(seeds))
+    if size > 1 and trial is not None:
+        log.info("pack: the seeds of a sweep trial train one after the other (its pruner follows them in order)")
+    elif size > 1:
+        return _train_packed(cfg, run_dir, seeds, size, train)
+    return _train_in_turn(cfg, run_dir, seeds, train, trial)
+
+
+def _train_in_turn(cfg: DictConfig, run_dir: Path, seeds: list[int], train: Callable[..., Summary],
+                   trial: Any = None) -> Summary:
+    """The seeds one after the other; the first that does not end normally ends the run."""
     per_seed: list[dict[str, Any]] = []
     error: BaseException | None = None
+    started = time.time()
     try:
         for seed in seeds:
             seed_dir = run_dir / f"seed_{seed}"
@@ -100,12 +129,76 @@ def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., Summary],
             if not result.status.ended_normally:
                 break
     finally:
-        summary = aggregate(per_seed, seeds, cfg.trainer.monitor, cfg.trainer.mode, objective_names(cfg))
-        if error is not None:
-            summary.status = Status.FAILED
-            summary.error = f"seed {per_seed[-1]['seed']}: {type(error).__name__}: {error}"
-            summary.interrupted = isinstance(error, KeyboardInterrupt)
-        if trial is not None:
-            summary.trial = trial.describe(summary.status)
-        summary.write(run_dir)
+        summary = _write(cfg, run_dir, seeds, per_seed, error, trial, started)
+    return summary
+
+
+def _train_packed(cfg: DictConfig, run_dir: Path, seeds: list[int], size: int,
+                  train: Callable[..., Summary]) -> Summary:
+    """The seeds in packs of at most `size`; a pack that cannot be packed trains in turn. With
+    `resume`, seeds that finished keep their records and the others continue."""
+    from app.run import resume
+    from app.run.execute import names
+    from app.run.pack import execute_pack
+
+    resumption = resume.prepare(cfg, run_dir) if cfg.resume else None
+    if resumption is not None and resumption.finished is not None:
+        log.info(resumption.message)
+        return resumption.finished
+    done: dict[int, dict[str, Any]] = {}
+    todo: list[tuple[int, DictConfig, Path, Any]] = []
+    for seed in seeds:
+        seed_dir = run_dir / f"seed_{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        seeded = with_seed(cfg, seed)
+        member = None
+        if resumption is not None:
+            kept = Summary.read(seed_dir)
+            extend = kept is not None and kept.status == Status.COMPLETED and cfg.trainer.epochs > (kept.epochs_run or 0)
+            if kept is not None and kept.status != Status.FAILED and not extend:
+                done[seed] = {**kept.to_dict(), "seed": seed, "run_dir": str(seed_dir)}
+                continue
+            member = resume.Resumption(seed_dir, resumption.accepted, resumption.forced)
+        todo.append((seed, seeded, seed_dir, member))
+
+    error: BaseException | None = None
+    started = time.time()
+    try:
+        for start in range(0, len(todo), size):
+            chunk = todo[start:start + size]
+            summaries = execute_pack([c for _, c, _, _ in chunk], [d for _, _, d, _ in chunk],
+                                     names=[names(c)[0] for _, c, _, _ in chunk], group=names(cfg)[1],
+                                     resumptions=[m for _, _, _, m in chunk]) if len(chunk) > 1 else None
+            if summaries is None:  # cannot be packed (notice given), or a pack of one
+                summaries = []
+                for _, seeded, seed_dir, _ in chunk:
+                    summaries.append(train(seeded, seed_dir))
+            for (seed, _, seed_dir, _), summary in zip(chunk, summaries):
+                done[seed] = {**summary.to_dict(), "seed": seed, "run_dir": str(seed_dir)}
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        per_seed = []
+        for seed in seeds:
+            if seed in done:
+                per_seed.append(done[seed])
+            elif error is not None and (kept := Summary.read(run_dir / f"seed_{seed}")) is not None:
+                per_seed.append({**kept.to_dict(), "seed": seed, "run_dir": str(run_dir / f"seed_{seed}")})
+        summary = _write(cfg, run_dir, seeds, per_seed, error, None, started)
+    return summary
+
+
+def _write(cfg: DictConfig, run_dir: Path, seeds: list[int], per_seed: list[dict[str, Any]],
+           error: BaseException | None, trial: Any, started: float) -> Summary:
+    summary = aggregate(per_seed, seeds, cfg.trainer.monitor, cfg.trainer.mode, objective_names(cfg))
+    summary.wall_time_s = round(time.time() - started, 3)
+    if error is not None:
+        failed = next((s for s in reversed(per_seed) if Status.of(s.get("status")) == Status.FAILED), None)
+        summary.status = Status.FAILED
+        summary.error = (f"seed {failed['seed']}: " if failed else "") + f"{type(error).__name__}: {error}"
+        summary.interrupted = isinstance(error, KeyboardInterrupt)
+    if trial is not None:
+        summary.trial = trial.describe(summary.status)
+    summary.write(run_dir)
     return summary

@@ -1,0 +1,391 @@
+"""Train a pack of K runs of one model shape as one vectorized model (`torch.func`).
+
+Each member is a real run built by `app.run.build.build_run`: its own model (initialised with its
+own seed, exactly as a lone run), optimizer and scheduler (its hyperparameters), training batches
+(its own shuffle order), callbacks (early stopping, checkpoints, metrics.csv, loggers) and
+`Trainer` (its loop state: epoch, best, history, the stop decision). `PackedTrainer` trains them
+together:
+
+- parameters: one [K, P] tensor (row k: member k's parameters, flattened); buffers (BatchNorm
+  statistics) stacked per member; forward and backward are one `vmap` of
+  `torch.func.functional_call` over the members (dropout masks drawn per member:
+  randomness="different"), each member on its own batch;
+- the optimizer step: `app.train.stacked_optim.StackedOptimizer`, one update of the [K, P] tensor
+  equal to each member's torch.optim step with its own hyperparameters (schedulers step each
+  member's own optimizer; the pack reads the learning rates from there);
+- each epoch, one host read for the whole pack; then, member by member, what `Trainer.fit` does at
+  an epoch's end: best/last, the divergence check, the history, the epoch-interval scheduler step,
+  the callbacks (the member's model and optimizer hold its slice of the pack by then, so its
+  checkpoint is a plain single-model state, written by the usual Checkpoint callback);
+- a member that stops (early stopping, divergence, pruning, its last epoch) stops updating at once
+  (its row is masked); when a quarter of the rows are stopped members, the pack is compacted to
+  the running ones, so stopped members stop costing compute.
+
+Members may be at different epochs (a resumed pack whose members' last checkpoints differ) and may
+have different epoch counts, validation intervals, early stopping and gradient clipping.
+`unpackable` says why runs cannot be packed (the caller then trains them one at a time).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, vmap
+
+from app.callbacks.base import improves
+from app.train import acceleration
+from app.train.stacked_optim import StackedOptimizer, unsupported
+from app.train.trainer import FitResult
+
+# Compact the pack once at least this fraction of its rows belongs to stopped members.
+COMPACT_FRACTION = 0.25
+
+
+def unpackable_config(cfg: Any) -> str | None:
+    """Why runs of `cfg` cannot train in a pack (a setting packs do not support), or None."""
+    t = cfg.trainer
+    if cfg.get("debug") is not None:
+        return f"debug={cfg.debug.mode} runs check one run at a time"
+    if str(t.precision) != "32":
+        return f"trainer.precision={t.precision}: packs train in float32"
+    if t.compile:
+        return "trainer.compile=true: packs are not compiled"
+    if t.cuda_graph:
+        return "trainer.cuda_graph=true: packs do not replay CUDA graphs"
+    if t.accumulate_grad_batches != 1:
+        return "trainer.accumulate_grad_batches > 1: packs step every batch"
+    return None
+
+
+def unpackable(runs: Sequence[Any]) -> str | None:
+    """Why these built runs (app.run.build.Run) cannot train as one pack, or None when they can:
+    their model shapes, batches or optimizers differ, or the model cannot be vectorized."""
+    first = runs[0]
+    shapes = [[(n, tuple(p.shape), p.dtype) for n, p in r.model.named_parameters()] for r in runs]
+    if any(s != shapes[0] for s in shapes):
+        return "the members' models differ in shape"
+    if any(not p.requires_grad for p in first.model.parameters()):
+        return "the model has frozen parameters (requires_grad=False)"
+    if any(p.dtype != torch.float32 for p in first.model.parameters()):
+        return "the model has parameters that are not float32"
+    if any(type(r.model) is not type(first.model) for r in runs):
+        return "the members' model classes differ"
+    sizes = {(len(r.train), r.train.num_samples, getattr(r.train, "batch_size", None)) for r in runs}
+    if len(sizes) > 1:
+        return "the members' training batches differ in size"
+    reason = unsupported([r.optimizer for r in runs])
+    if reason is not None:
+        return reason
+    return _vmap_failure(first)
+
+
+def _vmap_failure(run: Any) -> str | None:
+    """Try a vectorized forward and backward of two copies of the model on two samples; the
+    reason it fails, or None. The global random generators are left as they were."""
+    model = run.model
+    params = {n: torch.stack([p.detach()] * 2).requires_grad_(True) for n, p in model.named_parameters()}
+    buffers = {n: torch.stack([b.detach().clone()] * 2) for n, b in model.named_buffers()}
+    x, y = next(iter(run.val))
+    x, y = torch.stack([x[:2]] * 2), torch.stack([y[:2]] * 2)
+    devices = [run.device] if run.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            model.train()
+            out = vmap(lambda p, b, xb: functional_call(model, (p, b), (xb,)), randomness="different")(
+                params, buffers, x)
+            vmap(run.task.loss)(out, y).sum().backward()
+    except Exception as error:  # noqa: BLE001 -- any failure means: train it alone
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"{type(model).__name__} cannot be vectorized with torch.func.vmap ({type(error).__name__}: {text[:200]})"
+    return None
+
+
+@dataclass
+class _Layout:
+    name: str
+    start: int
+    end: int
+    shape: tuple[int, ...]
+
+
+class PackedTrainer:
+    """Trains the built runs `runs` (app.run.build.Run, checked with `unpackable`) as one pack;
+    `fit()` returns each member's FitResult, in the order of `runs`. See module docstring."""
+
+    def __init__(self, runs: Sequence[Any]) -> None:
+        self.runs = list(runs)
+        first = self.runs[0]
+        self.device, self.task = first.device, first.task
+        self.template = first.model  # the module `functional_call` runs with each member's tensors
+        self.layout: list[_Layout] = []
+        offset = 0
+        for name, param in first.model.named_parameters():
+            self.layout.append(_Layout(name, offset, offset + param.numel(), tuple(param.shape)))
+            offset += param.numel()
+        self.buffer_names = [name for name, _ in first.model.named_buffers()]
+        self.rows = list(range(len(self.runs)))  # row of the pack -> index into runs
+        self.finished = [False] * len(self.runs)
+        self.results: list[FitResult | None] = [None] * len(self.runs)
+        self.clock = acceleration.DeviceClock(self.device)
+        self._active_rows: list[int] | None = None
+        self._active: Tensor | None = None
+
+    # ------------------------------------------------------------------ pack <-> members
+    def _stack(self) -> None:
+        """Build the stacked tensors from the members' own model and optimizer state."""
+        models = [self.runs[i].model for i in self.rows]
+        for model in models:
+            model.to(self.device)
+        self.flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models])
+        self.flat.requires_grad_(True)
+        self.buffers = {name: torch.stack([dict(m.named_buffers())[name].detach() for m in models]).clone()
+                        for name in self.buffer_names}
+        self.optimizer = StackedOptimizer([self.runs[i].optimizer for i in self.rows],
+                                          [list(m.parameters()) for m in models], self.flat)
+
+    def _write_member(self, row: int) -> None:
+        """Copy row `row` of the pack into its member's model and optimizer (for its callbacks:
+        checkpoints save them)."""
+        model = self.runs[self.rows[row]].model
+        with torch.no_grad():
+            for part, param in zip(self.layout, model.parameters()):
+                param.copy_(self.flat[row, part.start:part.end].view(part.shape))
+            for name, buffer in model.named_buffers():
+                buffer.copy_(self.buffers[name][row])
+        self.optimizer.write_to(row)
+
+    def _compact(self) -> None:
+        keep = [row for row, i in enumerate(self.rows) if not self.finished[i]]
+        index = torch.tensor(keep, device=self.device)
+        with torch.no_grad():
+            self.flat = self.flat.detach().index_select(0, index).requires_grad_(True)
+            self.buffers = {n: b.index_select(0, index) for n, b in self.buffers.items()}
+        self.optimizer.keep(keep)
+        self.rows = [self.rows[row] for row in keep]
+        self._active_rows = None
+
+    def _params(self, detached: bool = False) -> dict[str, Tensor]:
+        flat = self.flat.detach() if detached else self.flat
+        return {p.name: flat[:, p.start:p.end].view(len(self.rows), *p.shape) for p in self.layout}
+
+    def _forward(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.template, (params, buffers), (x,))
+
+    def _active_mask(self, active: list[int]) -> Tensor:
+        if active != self._active_rows:
+            mask = torch.tensor([[row in active] for row in range(len(self.rows))])
+            self._active = mask.to(self.device, non_blocking=True)
+            self._active_rows = list(active)
+        return self._active
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> list[FitResult]:
+        matmul = self.runs[0].trainer.matmul_precision
+        with acceleration.matmul_precision(matmul):
+            self._fit()
+        return [r for r in self.results]  # type: ignore[misc]
+
+    def _fit(self) -> None:
+        for i, run in enumerate(self.runs):
+            run.model.to(self.device)
+            run.trainer.train_batches = run.train
+            _emit(run.trainer, "on_fit_start")
+            if _done(run.trainer):
+                self._finish(i)
+        self.rows = [i for i in self.rows if not self.finished[i]]
+        if not self.rows:
+            return
+        self._stack()
+        while self.rows:
+            self._epoch()
+            stopped = sum(self.finished[i] for i in self.rows)
+            if stopped == len(self.rows):
+                break
+            if stopped and stopped >= COMPACT_FRACTION * len(self.rows):
+                self._compact()
+
+    def _epoch(self) -> None:
+        started = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        active = [row for row, i in enumerate(self.rows) if not self.finished[i]]
+        trainers = [self.runs[self.rows[row]].trainer for row in range(len(self.rows))]
+        epochs = {row: trainers[row].epoch + 1 for row in active}
+        self.clock.start()
+        loss_sums, norm_sum, norm_max, measured, steps = self._train_epoch(active)
+        self.clock.stop()
+        due = [row for row in active
+               if epochs[row] % trainers[row].val_every == 0 or epochs[row] == trainers[row].epochs]
+        parts = [loss_sums.unsqueeze(1), norm_sum.unsqueeze(1), norm_max.unsqueeze(1)]
+        if due:
+            parts.append(self._eval_sums(self.runs[self.rows[active[0]]].val))
+        values = torch.cat(parts, dim=1).tolist()  # the one host read of the epoch
+        seconds = self.clock.seconds()
+        for row in active:
+            run = self.runs[self.rows[row]]
+            trainer = run.trainer
+            num_samples = run.train.num_samples
+            metrics: dict[str, float] = {"epoch": epochs[row], "train_loss": values[row][0] / num_samples}
+            if row in due:
+                names = ["val_loss", *(f"val_{name}" for name in self.task.metrics)]
+                val_samples = run.val.num_samples
+                metrics.update({name: v / val_samples for name, v in zip(names, values[row][3:])})
+            metrics.update(self._health(trainer, values[row], measured[row], num_samples, seconds))
+            metrics["epoch_time"] = time.perf_counter() - started
+            self._write_member(row)
+            _end_epoch(trainer, metrics)
+            if _done(trainer):
+                self._finish(self.rows[row])
+
+    def _train_epoch(self, active: list[int]) -> tuple[Tensor, Tensor, Tensor, list[int], int]:
+        """One pass of every active member over its own batches. Returns the per-row sums of
+        the loss (x samples), of the measured gradient norms, their max, the number of steps
+        measured per row and the number of steps."""
+        rows = len(self.rows)
+        runs = [self.runs[self.rows[row]] for row in range(rows)]
+        trainers = [run.trainer for run in runs]
+        self.template.train()
+        loss_sums = torch.zeros(rows, device=self.device)
+        norm_sum = torch.zeros(rows, device=self.device)
+        norm_max = torch.zeros(rows, device=self.device)
+        mask = self._active_mask(active)
+        clip = torch.tensor([[float(t.grad_clip)] for t in trainers]).to(self.device, non_blocking=True)
+        clipping = any(t.grad_clip > 0 for t in trainers)
+        track = any(t.track_grad_norm for t in trainers)
+        every = trainers[active[0]].grad_norm_every
+        stepping = [row for row in active if runs[row].scheduler is not None
+                    and trainers[row].scheduler_interval == "step"]
+        iterators = [iter(runs[row].train) for row in active]
+        forward = vmap(self._forward, in_dims=(0, 0, 0), randomness="different")
+        clips = (clip.squeeze(1) > 0).to(clip.dtype)
+        steps, measured = 0, [0] * rows
+        for batches in zip(*iterators):
+            by_row = dict(zip(active, batches))
+            filler = batches[0]
+            x = torch.stack([by_row.get(row, filler)[0] for row in range(rows)])
+            y = torch.stack([by_row.get(row, filler)[1] for row in range(rows)])
+            losses = vmap(self.task.loss)(forward(self._params(), self.buffers, x), y)
+            self.flat.grad = None
+            losses.sum().backward()
+            grad = self.flat.grad
+            # As Trainer.optimizer_step: the norm at every `every`-th step, and at every step of
+            # a member that clips (it is computed anyway).
+            every_rows = track and steps % every == 0
+            if every_rows or clipping:
+                norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+                if clipping:  # as clip_grad_norm_: scale by max_norm / (norm + 1e-6) where that is < 1
+                    coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
+                    grad = grad * torch.where(clip > 0, coef, torch.ones_like(coef))
+                if track:
+                    taken = norm.squeeze(1) if every_rows else norm.squeeze(1) * clips
+                    norm_sum += taken
+                    torch.maximum(norm_max, taken, out=norm_max)
+                    for row in range(rows):
+                        measured[row] += every_rows or trainers[row].grad_clip > 0
+            self.optimizer.step(self.flat, grad, None if len(active) == rows else mask)
+            self.optimizer.count(active)
+            loss_sums += losses.detach() * y.shape[1]
+            steps += 1
+            with _scheduling():
+                for row in stepping:
+                    runs[row].scheduler.step()
+        self.flat.grad = None
+        return loss_sums, norm_sum, norm_max, measured, steps
+
+    @torch.no_grad()
+    def _eval_sums(self, batches: Any) -> Tensor:
+        """[rows, 1 + metrics]: each row's loss and metric sums over `batches`, in eval mode."""
+        self.template.eval()
+        forward = vmap(self._forward, in_dims=(0, 0, None), randomness="different")
+        params = self._params(detached=True)
+        sums = torch.zeros(len(self.rows), 1 + len(self.task.metrics), device=self.device)
+        for x, y in batches:
+            out = forward(params, self.buffers, x).float()
+            parts = [vmap(self.task.loss, in_dims=(0, None))(out, y) * y.shape[0]]
+            parts += [vmap(fn, in_dims=(0, None))(out, y) for fn in self.task.metrics.values()]
+            sums += torch.stack([p.float() for p in parts], dim=1)
+        return sums
+
+    def _health(self, trainer: Any, values: list[float], measured: int, num_samples: int,
+                seconds: float) -> dict[str, float]:
+        """The member's learning rates and training health, as `Trainer` reports them."""
+        metrics = {"lr": trainer.optimizer.param_groups[0]["lr"]}
+        if trainer.track_grad_norm and measured:
+            metrics["grad_norm"] = values[1] / measured
+            metrics["grad_norm_max"] = values[2]
+        if seconds > 0:
+            metrics["samples_per_s"] = num_samples / seconds
+        if self.device.type == "cuda":
+            metrics["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return metrics
+
+    def _finish(self, i: int) -> None:
+        trainer = self.runs[i].trainer
+        self.finished[i] = True
+        self.results[i] = result = FitResult(
+            monitor=trainer.monitor, mode=trainer.mode, best=trainer.best, best_epoch=trainer.best_epoch,
+            last=trainer.last, epochs_run=trainer.epoch, stop_reason=trainer.stop_reason,
+            message=trainer.stop_message, last_metrics=trainer.history[-1] if trainer.history else {},
+        )
+        _emit(trainer, "on_fit_end", result)
+
+
+# ----------------------------------------------------------------------------- a member's epoch end
+def _emit(trainer: Any, hook: str, *args: Any) -> None:
+    for callback in trainer.callbacks:
+        getattr(callback, hook)(trainer, *args)
+
+
+def _done(trainer: Any) -> bool:
+    return trainer.should_stop or trainer.epoch >= trainer.epochs
+
+
+def _end_epoch(trainer: Any, metrics: dict[str, float]) -> None:
+    """What `Trainer.fit` does once an epoch's metrics are read, for a member's `trainer`: the
+    monitored value's best and last, the divergence check, the history, the epoch-interval
+    scheduler step (before the callbacks, so a checkpoint holds the next epoch's schedule), and
+    the callbacks' on_epoch_end."""
+    epoch = int(metrics["epoch"])
+    trainer.epoch = epoch
+    trainer.improved = False
+    value = metrics.get(trainer.monitor)
+    if value is not None:
+        trainer.last = value
+        if improves(value, trainer.best, trainer.mode):
+            trainer.best, trainer.best_epoch, trainer.improved = value, epoch, True
+    losses = {k: metrics[k] for k in ("train_loss", "val_loss") if k in metrics}
+    if not all(math.isfinite(v) for v in losses.values()):
+        trainer.request_stop(
+            "diverged",
+            f"non-finite loss at epoch {epoch} ({', '.join(f'{k}={v}' for k, v in losses.items())}): "
+            "training stopped; lower optimizer.lr or add trainer.grad_clip",
+        )
+    trainer.history.append(metrics)
+    scheduler = trainer.scheduler
+    if not trainer.should_stop and scheduler is not None and trainer.scheduler_interval == "epoch":
+        with _scheduling():
+            _step_scheduler(scheduler, value)
+    _emit(trainer, "on_epoch_end", metrics)
+
+
+def _step_scheduler(scheduler: Any, value: float | None) -> None:
+    """An epoch's scheduler step: ReduceLROnPlateau with the monitored value, the others without."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step()
+    elif value is not None:
+        scheduler.step(value)
+
+
+@contextmanager
+def _scheduling():
+    """Step members' schedulers without torch's warning that their optimizer has not stepped:
+    the pack steps the members' parameters, not their torch optimizers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        yield
