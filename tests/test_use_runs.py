@@ -367,3 +367,9 @@ def test_evaluate_refuses_data_that_does_not_fit_the_model(trained, tmp_path, ca
                                                                    "data.target=[price,tax]"], capsys)
     assert "3 features the model was trained on" in refusal(
         evaluate.main, [regress, f"data.path={tmp_path / 'two.csv'}", "data.features=[a,b,c,tax]"], capsys)
+
+
+def test_import_app_stays_cheap():
+    code = "import sys, app; print('torch' in sys.modules, callable(app.load_run), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
+    assert out.split() == ["False", "True", "True"]  # torch comes with load_run, not with `import app`
