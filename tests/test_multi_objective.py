@@ -94,6 +94,20 @@ def test_objective_values_at_the_best_epoch_or_worst_when_the_run_did_not_end_no
     assert returned(Summary(Status.COMPLETED, objective=0.3)) == 0.3
 
 
+def test_several_seeds_average_each_objective_or_give_the_worst():
+    from app.run.seeds import aggregate
+
+    names = ["val_loss", "val_accuracy"]
+    done = [{"status": "completed", "objective": 0.2 * i, "objectives": {"val_loss": 0.2 * i, "val_accuracy": 0.5 + 0.1 * i}}
+            for i in (1, 2)]
+    summary = aggregate(done, [1, 2], "val_loss", "min", names)
+    assert summary.objectives == pytest.approx({"val_loss": 0.3, "val_accuracy": 0.65})
+    assert returned(summary) == pytest.approx([0.3, 0.65])
+    stopped = aggregate([done[0], {"status": "diverged", "objective": math.inf}], [1, 2], "val_loss", "min", names)
+    assert stopped.objectives == {"val_loss": math.inf, "val_accuracy": -math.inf}
+    assert aggregate(done, [1, 2], "val_loss", "min", ["val_loss"]).objectives is None
+
+
 def test_outcomes_carry_every_objective_and_fail_on_the_wrong_number():
     summary = Summary(Status.COMPLETED, objective=0.3, objectives={"val_loss": 0.3, "val_accuracy": 0.9})
     assert outcome_from_summary(summary, None, 2).values == [0.3, 0.9]  # from the run dir alone

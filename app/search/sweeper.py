@@ -7,11 +7,11 @@ plugin's search-space parsing, trial configuration and launcher, and changes the
 - The study lives in `hydra.sweeper.storage`, by default `outputs/studies/<study name>.db`, and
   is resumed: the loop runs until `n_trials` trials are *finished* in total (COMPLETE, PRUNED, or
   FAIL from a run that raised), whichever invocation ran them. Resuming refuses a study that a
-  different command started (other overrides, search space or direction).
+  different command started (other overrides, search space, monitored metrics or directions).
 - Each job gets its trial's id (`hydra.job.env_set.APP_OPTUNA_TRIAL_ID`) and reports to it
   every epoch; its run dir is named after the trial number.
 - A job's outcome is read from its run dir's summary.json: completed/early_stopped -> COMPLETE
-  (value: the job's return value), pruned or diverged -> PRUNED, failed or raised -> FAIL, with
+  (values: the job's return value, one per direction), pruned or diverged -> PRUNED, failed or raised -> FAIL, with
   `status`, `reason`, `epochs_run`, `run_dir` as user attributes of the trial.
   The sweep stops once more than `max_failure_rate` x (the trials this invocation set out to
   run) have failed (the plugin checks each batch alone, so with n_jobs=1 any rate below 1 stopped
@@ -27,6 +27,8 @@ plugin's search-space parsing, trial configuration and launcher, and changes the
   `max_retries` times. Any other launcher gets one `launch([job])` per free slot, from a thread.
 - With a parallel launcher and several GPUs, a starting trial gets a `device.index` that no
   running trial uses (round-robin).
+- Several directions (a list `trainer.monitor`): as many as the monitored metrics; no pruning
+  (Optuna cannot prune multi-objective studies); `optimization_results.yaml` lists the Pareto front.
 """
 from __future__ import annotations
 
