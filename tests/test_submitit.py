@@ -3,6 +3,10 @@ compose with the app's sweeper, and an Optuna sweep runs end to end through subm
 executor (each trial a job of its own process, as on a cluster)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
@@ -52,3 +56,43 @@ def test_an_optuna_sweep_runs_end_to_end_through_the_submitit_local_launcher(run
         assert t.user_attrs["run_dir"] == str(sweep_dir / str(t.number))  # the job reported to its trial
     job_logs = list((tmp_path / "outputs" / "submitit").glob("*/*_log.out"))
     assert len(job_logs) == 2  # each trial ran as a submitit job of its own
+
+
+FAKE_SBATCH = """#!/bin/sh
+# SLURM's sbatch, faked (no cluster here): keep the batch script it was given, refuse the submission
+for arg; do script="$arg"; done
+cp "$script" "$SBATCH_COPY"
+echo "sbatch: error: invalid partition specified: gpu" >&2
+exit 1
+"""
+
+
+@pytest.mark.slow
+def test_the_slurm_preset_writes_the_batch_script_and_a_refused_submission_is_one_paragraph(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it on PATH
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    script = tmp_path / "batch.sh"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_COPY": str(script),
+           "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "--multirun", *SEARCH, *FAST, "hydra/launcher=slurm",
+         "hydra.launcher.partition=gpu", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+         "~hydra.callbacks.sweep_summary"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and error[0].startswith("Error: Invalid value for `hydra/launcher`: 'slurm'")
+    assert "invalid partition specified: gpu" in error[0] and "Traceback" not in proc.stderr
+    lines = script.read_text().splitlines()
+    for flag in ("--partition=gpu", "--time=60", "--gpus-per-task=1", "--cpus-per-task=8", "--mem=32GB",
+                 "--ntasks-per-node=1", "--array=0-1%2"):  # two trials, both at once
+        assert f"#SBATCH {flag}" in lines
+    assert any(line.startswith("#SBATCH --output=") and f"{tmp_path}/outputs/submitit/" in line for line in lines)
+    # nothing lost: both trials are failed as interrupted, so the same command runs them again
+    storage = open_storage(f"sqlite:///{tmp_path}/outputs/studies/train-regression_optuna.db")
+    trials = optuna.load_study(study_name="train-regression_optuna", storage=storage).trials
+    assert [(t.state, t.user_attrs.get("interrupted")) for t in trials] == [(TrialState.FAIL, True)] * 2

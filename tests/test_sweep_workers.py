@@ -253,6 +253,7 @@ def test_the_job_records_its_trials_heartbeat_until_the_run_ends(tmp_path):
 def test_an_interrupted_trial_queued_again_by_two_workers_at_once_runs_once(tmp_path):
     make_sweeper(tmp_path, n_trials=1).sweep([])
     study = stored_study(tmp_path)
+    study.enqueue_trial({"x": 0.3})  # a value the fake launcher completes (above 0.9 it diverges)
     interrupted = study.ask()
     interrupted.suggest_float("x", 0, 1)
     interrupted.set_user_attr("interrupted", True)
@@ -262,7 +263,7 @@ def test_an_interrupted_trial_queued_again_by_two_workers_at_once_runs_once(tmp_
     make_sweeper(tmp_path, n_trials=3).sweep([])
     trials = stored_study(tmp_path).trials
     first, second = (t for t in trials if t.user_attrs.get("retry_of") == interrupted.number)
-    assert first.state == TrialState.COMPLETE and first.params == interrupted.params
+    assert first.state == TrialState.COMPLETE and first.params == {"x": 0.3}
     assert second.state == TrialState.FAIL and second.user_attrs["surplus"] is True
     assert f"trial {first.number} retries trial {interrupted.number}" in second.user_attrs["reason"]
     assert "run_dir" not in second.user_attrs  # never launched

@@ -252,6 +252,24 @@ def _joblib_launcher_class() -> type | tuple:
     return JoblibLauncher
 
 
+def submission_refusal(error: BaseException, launcher: str) -> ConfigError | None:
+    """The one paragraph for a SLURM launcher that could not submit the trials' jobs (no SLURM on
+    this machine, or sbatch refused them: a partition, account or limit the cluster does not
+    have). The trials of the refused launch are already failed as interrupted: the same command
+    runs them again. None for other errors."""
+    if launcher != "SlurmLauncher":
+        return None
+    failed_job = getattr(sys.modules.get("submitit.core.utils"), "FailedJobError", ())
+    no_slurm = isinstance(error, RuntimeError) and "srun" in str(error)
+    if not no_slurm and not isinstance(error, failed_job):
+        return None
+    return ConfigError(
+        "hydra/launcher", "slurm", "hydra/launcher=slurm on a machine that submits to SLURM (sbatch and srun "
+        "on PATH), with hydra.launcher.partition, timeout_min, gpus_per_task, cpus_per_task, mem_gb and "
+        "additional_parameters that the cluster accepts; or hydra/launcher=slurm_local to try it on this machine",
+        f"The jobs could not be submitted: {' '.join(str(error).split())}")
+
+
 class StudySweeper(OptunaSweeperImpl):
     """See the module docstring. `sampler`, `pruner`: Optuna objects, or the config nodes of
     `hydra/sweeper/sampler` and `hydra/sweeper/pruner` (built when the sweep starts, through the
@@ -373,7 +391,10 @@ class StudySweeper(OptunaSweeperImpl):
     # ------------------------------------------------------------------ the loop
     def sweep(self, arguments: list[str]) -> None:
         try:
-            self._sweep(arguments)
+            try:
+                self._sweep(arguments)
+            except Exception as error:  # noqa: BLE001 - a cluster that refused the jobs: one paragraph
+                raise submission_refusal(error, type(self.launcher).__name__) or error
         except ConfigError as error:
             print(f"Error: {error}", file=sys.stderr)
             sys.exit(2)
