@@ -317,3 +317,16 @@ def test_resume_extending_a_finished_cosine_run_replans_and_records_it(tmp_path)
     record = json.loads((run / "provenance.json").read_text())
     assert "T_max 4 -> 8" in record["resumes"][-1]["schedule_replanned"]
     assert Summary.read(run).epochs_run == 8
+
+
+@pytest.mark.slow
+def test_wandb_online_without_a_network_warns_once_and_logs_every_epoch_offline(tmp_path):
+    env = {"HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+           "WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}  # nothing listens there
+    args = [a for a in FAST if not a.startswith("logger=")]
+    proc = run_app(tmp_path, *args, "logger=wandb", "logger.wandb.mode=online", "logger.wandb.init_timeout=3", **env)
+    assert proc.returncode == 0, proc.stderr
+    [run] = run_dirs(tmp_path)
+    log = (run / "train.log").read_text()
+    assert log.count("W&B online: W&B did not accept the run within 3s") == 1
+    assert [row["_step"] for row in wandb_history(run)] == ["1", "2", "3"]
