@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -220,11 +219,10 @@ def test_a_member_that_stops_is_frozen_and_the_pack_compacts(compose_cfg, tmp_pa
 
 
 def test_early_stopping_and_divergence_stop_only_their_member(compose_cfg, tmp_path):
-    per_member = {0: ["optimizer.lr=1e6", "optimizer._target_=torch.optim.SGD", "~optimizer.betas",
-                      "~optimizer.eps", "optimizer.fused=null", "+optimizer.momentum=0.0"],
+    # member 0 diverges at once; member 1 stops when val_loss does not improve by 1.0 in one check
+    per_member = {0: ["optimizer.lr=1e6"],
                   1: ["callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=1.0"]}
-    pack = _runs(compose_cfg, tmp_path, [1, 2, 3], "trainer.epochs=4", "optimizer=sgd",
-                 per_member={0: ["optimizer.lr=1e6"], 1: per_member[1]})
+    pack = _runs(compose_cfg, tmp_path, [1, 2, 3], "trainer.epochs=4", "optimizer=sgd", per_member=per_member)
     results = PackedTrainer(pack).fit()
     assert [r.stop_reason for r in results] == ["diverged", "early_stopped", "completed"]
     assert results[0].epochs_run == 1 and results[1].epochs_run == 2 and results[2].epochs_run == 4
@@ -378,3 +376,17 @@ def test_a_killed_pack_resumes_bit_for_bit(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["objective"] == json.loads((reference / "summary.json").read_text())["objective"]
+
+
+def test_final_results_agree_within_run_to_run_noise(compose_cfg, tmp_path):
+    # 30 epochs that learn: rounding differences have had time to grow; they stay far below
+    # what another seed changes.
+    seeds, args = [1, 2], ["trainer.epochs=30", "~callbacks.early_stopping", "data.n_samples=2000"]
+    pack = _runs(compose_cfg, tmp_path, seeds, *args)
+    alone = _runs(compose_cfg, tmp_path, seeds, *args, name="alone")
+    packed = [r.last for r in PackedTrainer(pack).fit()]
+    lone = [r.trainer.fit(r.train, r.val).last for r in alone]
+    assert max(lone) < 0.5 * alone[0].trainer.history[0]["val_loss"]  # they learned
+    noise = abs(lone[0] - lone[1])
+    for p, a in zip(packed, lone):
+        assert abs(p - a) < 0.1 * noise
