@@ -20,7 +20,7 @@ from app.config import objective_names, resolve_mode, sweep_direction, validate
 from app.errors import ConfigError
 from app.run.record import Status, Summary, objective_values, returned, write_json
 from app.search.report import dominates, optuna_report, pareto_front, write_report
-from app.search.study import rdb_storage
+from app.search.study import open_storage
 from app.search.sweeper import outcome_from_summary
 from app.search.trial import OptunaTrial
 from app.train.tasks import TASKS
@@ -123,7 +123,7 @@ def test_outcomes_carry_every_objective_and_fail_on_the_wrong_number():
 
 
 def test_a_trial_of_a_multi_objective_study_reports_nothing_and_is_never_pruned(tmp_path):
-    study = optuna.create_study(storage=rdb_storage(f"sqlite:///{tmp_path}/s.db"), directions=["minimize"] * 2,
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/s.db"), directions=["minimize"] * 2,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=0))
     asked = study.ask()
     trial = OptunaTrial(study, asked._trial_id)
@@ -273,7 +273,7 @@ def test_dominance_and_the_pareto_front_follow_each_direction():
 
 def test_report_of_a_two_objective_study_shows_the_pareto_front_as_table_and_png(tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
-    study = optuna.create_study(study_name="mo", storage=rdb_storage(url), directions=["minimize", "maximize"],
+    study = optuna.create_study(study_name="mo", storage=open_storage(url), directions=["minimize", "maximize"],
                                 sampler=optuna.samplers.RandomSampler(seed=3))
     for i in range(8):
         trial = study.ask()
