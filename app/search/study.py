@@ -206,8 +206,8 @@ def storage_refusal(url: str, error: BaseException, key: str = "hydra.sweeper.st
     def refuse(reason: str) -> ConfigError:
         return ConfigError(key, display_url(url), STORAGE_ACCEPTED, " ".join(reason.split()))  # one paragraph
 
-    if isinstance(error, sqlalchemy.exc.DBAPIError) and is_creation_race(error):
-        return None
+    if isinstance(error, (sqlalchemy.exc.DBAPIError, sqlite3.Error)) and is_creation_race(error):
+        return None  # SQLite's own driver too: prepare_storage sets WAL up through sqlite3
     if isinstance(error, ImportError):
         driver = getattr(error.__cause__, "name", None) or getattr(error, "name", None) or ""
         hint = ' (for PostgreSQL: pip install -e ".[postgres]")' if "psycopg" in driver or "postgres" in url else ""

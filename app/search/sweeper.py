@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import socket
+import sqlite3
 import sys
 import time
 import warnings
@@ -618,7 +619,7 @@ class StudySweeper(OptunaSweeperImpl):
                 refusal = storage_refusal(self.url, error)
                 if refusal is not None:
                     raise refusal from None
-                if not isinstance(error, sqlalchemy.exc.DBAPIError):
+                if not isinstance(error, (sqlalchemy.exc.DBAPIError, sqlite3.Error)):
                     raise
                 last = error  # another worker is creating the tables
             log.info("Study %r: another worker is creating it (%s); trying again", self.study_name,
