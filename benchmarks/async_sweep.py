@@ -41,7 +41,8 @@ def sweep(barrier: str, jobs: int, trials: int, extra: list[str], workdir: Path,
                f"hydra.launcher.n_jobs={jobs}", f"hydra.sweeper.batch_barrier={barrier}",
                f"hydra.sweeper.n_trials={trials}", "logger=none", "trainer.progress_bar=false",
                "trainer.log_every=0", *extra]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true", "OMP_NUM_THREADS": str(threads)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_SILENT": "true", "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
