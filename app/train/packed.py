@@ -89,8 +89,10 @@ def _vmap_failure(run: Any) -> str | None:
     """Try a vectorized forward and backward of two copies of the model on two samples; the
     reason it fails, or None. The global random generators are left as they were."""
     model = run.model
-    params = {n: torch.stack([p.detach()] * 2).requires_grad_(True) for n, p in model.named_parameters()}
-    buffers = {n: torch.stack([b.detach().clone()] * 2) for n, b in model.named_buffers()}
+    # On the run's device, where its batches are (the model moves there only when it is fitted).
+    params = {n: torch.stack([p.detach().to(run.device)] * 2).requires_grad_(True)
+              for n, p in model.named_parameters()}
+    buffers = {n: torch.stack([b.detach().to(run.device, copy=True)] * 2) for n, b in model.named_buffers()}
     x, y = next(iter(run.val))
     x, y = torch.stack([x[:2]] * 2), torch.stack([y[:2]] * 2)
     devices = [run.device] if run.device.type == "cuda" else []
