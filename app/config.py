@@ -51,6 +51,8 @@ class TrainerConf:
     accumulate_grad_batches: int = MISSING  # optimizer step every N batches (loss divided by N)
     matmul_precision: str = MISSING  # highest | high (TF32) | medium: float32 matmuls
     grad_norm_every: int = MISSING  # measure grad_norm at every N-th optimizer step (1: each)
+    devices: int = MISSING  # processes (one per GPU) that train the run together with DDP
+    ddp_timeout: float = MISSING  # seconds a collective waits for every rank before failing
 
 
 @dataclass
@@ -479,6 +481,12 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
            "a finite number >= 0 (the largest global gradient L2 norm; 0 turns clipping off)")
     _positive_int(cfg, "trainer.accumulate_grad_batches")
     _positive_int(cfg, "trainer.grad_norm_every")
+    _positive_int(cfg, "trainer.devices")
+    _check(_finite(t.ddp_timeout) and t.ddp_timeout > 0, "trainer.ddp_timeout", t.ddp_timeout,
+           "a number of seconds > 0")
+    _check(not (t.cuda_graph and t.devices > 1), "trainer.cuda_graph", t.cuda_graph,
+           "false with trainer.devices > 1",
+           "DistributedDataParallel all-reduces gradients outside a captured CUDA graph")
     _check(not (t.cuda_graph and str(t.precision) == "16-mixed"), "trainer.precision", t.precision,
            "32 or bf16-mixed with trainer.cuda_graph=true",
            "the GradScaler of 16-mixed decides on the host whether to step, which a CUDA graph cannot replay")

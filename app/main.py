@@ -1,7 +1,8 @@
 """The Hydra task function: compose -> check -> build -> fit -> test -> record -> objective.
 
 It wires; it does not compute (app/run/ builds and executes a run). Returns the run's objective
-(a float) for sweepers.
+(a float) for sweepers. With several processes (app/run/distributed.py) every rank runs `run`;
+`trainer.devices=N` starts them from here, torchrun starts them itself.
 """
 from __future__ import annotations
 
@@ -17,15 +18,34 @@ from omegaconf import DictConfig
 from app import CONF_DIR, targets
 from app.config import register_configs, resolve_mode
 from app.errors import ConfigError
+from app.run import distributed
 from app.run.execute import execute
 from app.run.record import Status, Summary, interrupted_line, result_line
 from app.run.reproducibility import determinism_refusal
 from app.run.seeds import train_seeds
 from app.search.trial import current_trial
 from app.tools import preflight
+from app.train.distributed import is_main
 
 register_configs()
 log = logging.getLogger("app")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Summary:
+    """The run itself, in `run_dir`: its trial (rank 0 alone talks to Optuna), its seeds or its
+    one execution. Every rank of a process group runs this."""
+    resolve_mode(cfg)  # trainer.mode: auto -> min | max, before anything reads it
+    trial = current_trial(cfg.trusted_modules) if is_main() else None
+    try:
+        if cfg.seeds:
+            summary = train_seeds(cfg, run_dir, execute, trial)
+            if is_main():
+                log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
+            return summary
+        return execute(cfg, run_dir, trial)
+    finally:
+        if trial is not None:
+            trial.close()  # stops the trial's heartbeat
 
 
 # The whitelist covers what Hydra itself builds (hydra.callbacks, logging); the app's own builds
@@ -33,20 +53,18 @@ log = logging.getLogger("app")
 @hydra.main(config_path=str(CONF_DIR), config_name="config", execution_whitelist=list(targets.patterns()))
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    distributed.publish_run_dir(run_dir)  # torchrun's rank 0: the other ranks use this one
     if cfg.preflight:  # only when app.run.launch left it to Hydra (e.g. with --config-name)
         sys.exit(preflight.run_and_report(cfg))
     try:
-        resolve_mode(cfg)  # trainer.mode: auto -> min | max, before anything reads it
-        trial = current_trial(cfg.trusted_modules)
-        try:
-            if cfg.seeds:
-                summary = train_seeds(cfg, run_dir, execute, trial)
-                log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
-            else:
-                summary = execute(cfg, run_dir, trial)
-        finally:
-            if trial is not None:
-                trial.close()  # stops the trial's heartbeat
+        if distributed.starts_group(cfg):  # trainer.devices=N: N processes run `run`, rank 0's summary
+            summary = distributed.run_group(cfg, run_dir, run)
+        else:
+            distributed.join(cfg)  # a torchrun rank joins its group (a no-op for one process)
+            try:
+                summary = run(cfg, run_dir)
+            finally:
+                distributed.leave()
         if summary.debug is not None and not summary.debug["passed"] and HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)  # a debug verdict: FAILED (in a sweep each job's verdict is logged, the sweep goes on)
         return summary.objective
@@ -56,14 +74,25 @@ def main(cfg: DictConfig) -> float:
         print(interrupted_line(getattr(stop, "epoch", None), run_dir, HydraConfig.get().runtime.cwd),
               file=sys.stderr)
         sys.exit(130)
+    except distributed.RankFailure as failure:  # the group is down; its checkpoints are kept
+        summary = Summary.read(run_dir) or Summary(Status.FAILED, monitor=cfg.trainer.monitor)
+        summary.status, summary.error = Status.FAILED, str(failure)
+        summary.write(run_dir)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records its trial as failed and goes on
+        print(f"Error: {failure}", file=sys.stderr)
+        sys.exit(1)
     except (ConfigError, RuntimeError) as caught:
         error = determinism_refusal(caught) or caught
         if not isinstance(error, ConfigError):
             raise
-        if not cfg.resume:  # a refused resume leaves the run's records as they were
+        main_rank = distributed.launch_rank() == 0
+        if not cfg.resume and main_rank:  # a refused resume leaves the run's records as they were
             Summary(Status.FAILED, error=str(error)).write(run_dir)
-        print(f"Error: {error}", file=sys.stderr)
-        from app.search.summary import refresh_summary
+        print(f"Error: {error}" if main_rank else f"[rank {distributed.launch_rank()}] Error: {error}",
+              file=sys.stderr)
+        if main_rank:
+            from app.search.summary import refresh_summary
 
-        refresh_summary()
+            refresh_summary()
         sys.exit(2)

@@ -6,6 +6,10 @@ trainer's loop state (epoch, best so far, every epoch's metrics, the stop decisi
 callback's state (early stopping's patience, the W&B run id), the training data's shuffle state,
 and every random generator (python, numpy, torch CPU, CUDA). Files are written atomically, so a
 kill at any instant leaves the previous checkpoint or the new one, never a torn one.
+
+Several processes (DDP): rank 0 writes, and the checkpoint also holds `world_size` and every
+rank's generators (`rng_ranks`); each rank restores its own, and a run is resumed only with the
+same number of processes.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Any
 
 import torch
 
+from app.errors import ConfigError
 from app.run import faults
 from app.callbacks.base import Callback
 from app.run.reproducibility import rng_state, set_rng_state
@@ -109,6 +114,8 @@ class Checkpoint(Callback):
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks},
             "train_batches": batches.state_dict() if hasattr(batches, "state_dict") else None,
             "rng": rng_state(trainer.device),
+            **({"world_size": len(trainer.rank_rng_states), "rng_ranks": trainer.rank_rng_states}
+               if getattr(trainer, "rank_rng_states", None) else {}),
         }
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
@@ -145,13 +152,15 @@ class Checkpoint(Callback):
         random generators back where `last.pt` left them; None (nothing touched) without one.
 
         Also tidies what a kill can leave: torn temp files, a best.pt link not yet made, and
-        snapshots of epochs after last.pt (they will be trained again).
+        snapshots of epochs after last.pt (they will be trained again); with several processes
+        rank 0 alone tidies, the others only read.
         """
-        for tmp in self.directory.glob(".*.tmp") if self.directory.is_dir() else ():
+        main = getattr(trainer, "rank", 0) == 0
+        for tmp in self.directory.glob(".*.tmp") if self.directory.is_dir() and main else ():
             log.info("removing %s, a checkpoint write that was interrupted", tmp)
             tmp.unlink()
         if not self.last_path.exists():
-            for stale in [self.best_path, *(p for _, p in self.snapshots())]:
+            for stale in [self.best_path, *(p for _, p in self.snapshots())] if main else ():
                 stale.unlink(missing_ok=True)
             return None
         try:
@@ -160,6 +169,15 @@ class Checkpoint(Callback):
             raise ValueError(f"{self.last_path} cannot be read ({type(error).__name__}: {error})") from None
         if not isinstance(state, dict) or state.get("format", 1) < FORMAT:
             raise ValueError(f"{self.last_path} predates full-state checkpoints (format {FORMAT})")
+        written_by, world_size = state.get("world_size", 1), getattr(trainer, "world_size", 1)
+        if written_by != world_size:
+            raise ConfigError(
+                "trainer.devices", world_size,
+                f"{written_by}, the number of processes the run trained with (trainer.devices={written_by}, "
+                f"or torchrun --nproc_per_node={written_by})",
+                f"{self.last_path} holds the data order and random generators of {written_by} process(es); "
+                "a resume continues with the same number",
+            )
 
         trainer.model.load_state_dict(state["model"])
         trainer.model.to(trainer.device)
@@ -174,12 +192,13 @@ class Checkpoint(Callback):
         if train_batches is not None and state["train_batches"] is not None:
             train_batches.load_state_dict(state["train_batches"])
 
-        if trainer.best_epoch is not None and trainer.best_epoch == trainer.epoch:
+        if main and trainer.best_epoch is not None and trainer.best_epoch == trainer.epoch:
             atomic_link(self.last_path, self.best_path)  # killed before the link was made
-        for epoch, path in self.snapshots():
+        for epoch, path in self.snapshots() if main else ():
             if epoch > trainer.epoch:
                 path.unlink()
         # Last: nothing above may draw from the generators the next epoch continues.
-        for warning in set_rng_state(state["rng"]):
+        rng = state["rng_ranks"][trainer.rank] if state.get("rng_ranks") else state["rng"]
+        for warning in set_rng_state(rng):
             log.warning("resume: %s; the run continues, but not bit for bit", warning)
         return state

@@ -15,6 +15,7 @@ from app.run import debug, resume
 from app.run.build import build_run
 from app.run.device import describe
 from app.run.provenance import config_hash
+from app.train.distributed import is_main
 from app.run.record import Status, Summary, objective, provenance, result_line, write_json
 
 log = logging.getLogger("app")
@@ -40,10 +41,11 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         return resumption.finished
     run_name, group = names(cfg, trial)
     run = build_run(cfg, run_dir, run_name=run_name, group=group, trial=trial)
-    if resumption is None:
+    main = is_main()  # with several processes, rank 0 alone writes the run's records
+    if resumption is None and main:
         write_json(run_dir / "provenance.json", provenance(
             describe(run.device), list(HydraConfig.get().overrides.task), config_hash(cfg)))
-    else:
+    elif resumption is not None:
         resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
     log.info(run.describe())
     if cfg.get("debug") is not None:
@@ -52,7 +54,7 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
     t = cfg.trainer
     started = time.time()
     summary = Summary(Status.FAILED, monitor=t.monitor, mode=t.mode)
-    profiler = debug.profiler(cfg, run_dir, run.device)  # debug=profile only
+    profiler = debug.profiler(cfg, run_dir, run.device) if main else None  # debug=profile only
     try:
         try:
             result = run.trainer.fit(profiler.wrap(run.train) if profiler else run.train, run.val)
@@ -82,11 +84,12 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         summary.wall_time_s = round(time.time() - started, 3)
         if trial is not None:
             summary.trial = trial.describe(summary.status)
-        summary.write(run_dir)
-        for callback in run.callbacks:
-            callback.on_run_end(summary.to_dict())
+        if main:
+            summary.write(run_dir)
+            for callback in run.callbacks:
+                callback.on_run_end(summary.to_dict())
         run.release()
-    if resumption is not None:
+    if resumption is not None and main:
         resume.refresh_sweep_summary(run_dir)
     log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
     if summary.debug is not None:

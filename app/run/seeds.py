@@ -24,6 +24,7 @@ from omegaconf import DictConfig, open_dict
 
 from app.config import validate
 from app.run.record import Status, Summary, worst_value
+from app.train.distributed import is_main
 
 
 def with_seed(cfg: DictConfig, seed: int) -> DictConfig:
@@ -83,7 +84,8 @@ def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., Summary],
     try:
         for seed in seeds:
             seed_dir = run_dir / f"seed_{seed}"
-            seed_dir.mkdir(parents=True, exist_ok=True)
+            if is_main():  # with several processes rank 0 alone writes
+                seed_dir.mkdir(parents=True, exist_ok=True)
             try:
                 result = train(with_seed(cfg, seed), seed_dir, trial=trial)
             except BaseException as exc:
@@ -102,5 +104,6 @@ def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., Summary],
             summary.interrupted = isinstance(error, KeyboardInterrupt)
         if trial is not None:
             summary.trial = trial.describe(summary.status)
-        summary.write(run_dir)
+        if is_main():
+            summary.write(run_dir)
     return summary
