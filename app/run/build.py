@@ -224,7 +224,8 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
         task_name = task_of(cfg.data, cfg.trusted_modules)
         validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
     with stage("device"):
-        check_devices(cfg, distributed.world_size())
+        # In a group: its size; before one (preflight, the launching process): trainer.devices.
+        check_devices(cfg, distributed.world_size() if distributed.active() else cfg.trainer.devices)
         device = rank_device(cfg)
         check_device_options(cfg.trainer.precision, device)
         seed_everything(cfg.seed)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from app.errors import ConfigError
@@ -46,6 +47,8 @@ RUN_DIR_KEY = "app/run_dir"
 # Hydra's flags that answer and exit without a run: under torchrun rank 0 alone answers.
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--resolve",
               "--shell-completion", "-sc")
+_LAUNCHER_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+                          if hasattr(signal, name))
 _bootstrap_store: Any = None  # torchrun: the store rank 0 publishes its run dir in
 
 
@@ -75,10 +78,9 @@ def starts_group(cfg: DictConfig) -> bool:
 
 # ----------------------------------------------------------------------------- devices
 def rank_device(cfg: DictConfig) -> torch.device:
-    """The device this rank trains on: `device.type` resolved as for one process; with several
-    processes on CUDA, the GPU of this rank's local rank (device.index is then not used)."""
-    world = distributed.world_size()
-    if world == 1:
+    """The device this rank trains on: `device.type` resolved as for one process; in a process
+    group on CUDA, the GPU of this rank's local rank (device.index is then not used)."""
+    if not distributed.active():
         return resolve_device(cfg.device.type, cfg.device.index)
     if cfg.device.type == "mps":
         raise ConfigError("device.type", "mps", "cpu or cuda with several processes",
@@ -158,9 +160,10 @@ def publish_run_dir(run_dir: Path) -> None:
 # ----------------------------------------------------------------------------- in every rank
 def join(cfg: DictConfig) -> None:
     """Join the run's process group (NCCL on CUDA, gloo on the CPU) with `trainer.ddp_timeout`;
-    a no-op for one process. On the CPU each rank takes its share of the cores."""
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1 or distributed.active():
-        return
+    a no-op for a plain process (not a torchrun rank nor a `run_group` worker). On the CPU each
+    rank takes its share of the cores."""
+    if distributed.active() or not (under_torchrun() or os.environ.get(_WORKER_ENV)):
+        return  # one plain process (torchrun --nproc_per_node=1 does make a group of one)
     import torch.distributed as dist
 
     world = int(os.environ["WORLD_SIZE"])
@@ -182,6 +185,8 @@ def join(cfg: DictConfig) -> None:
     if under_torchrun():  # the store rank 0's run dir came through
         options.update(store=_torchrun_store(), rank=int(os.environ["RANK"]), world_size=world)
     dist.init_process_group(**options)
+    if under_torchrun() and distributed.rank() > 0:  # rank 0 logs the run; the others warn only
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def leave() -> None:
@@ -197,9 +202,11 @@ def run_group(cfg: DictConfig, run_dir: Path, run: Callable[[DictConfig, Path], 
     """Run `run(cfg, run_dir)` on `trainer.devices` processes started with PyTorch's elastic
     launcher and return rank 0's result (the run's summary). Raises the failing rank's
     ConfigError as it is, and any other failure as one `RankFailure` naming the rank."""
-    from hydra.core.hydra_config import HydraConfig
     from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from app.run.record import Summary
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     n = int(cfg.trainer.devices)
@@ -210,25 +217,55 @@ def run_group(cfg: DictConfig, run_dir: Path, run: Callable[[DictConfig, Path], 
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn",
         logs_specs=DefaultLogsSpecs(log_dir=str(scratch / "elastic")),
     )
-    # The job's Hydra config, what it says about the job resolved here (hydra.job uses a resolver
-    # Hydra registers while it runs a job), so the workers see the job's values.
-    hydra_root = copy.deepcopy(HydraConfig.instance().cfg)
-    OmegaConf.set_readonly(hydra_root.hydra, False)
-    live = HydraConfig.get().job
-    for key in ("name", "override_dirname"):
-        hydra_root.hydra.job[key] = live[key]
-    payload = (hydra_root, cfg, str(run_dir), str(scratch), run)
-    elastic_log = logging.getLogger("torch.distributed.elastic")
-    level = elastic_log.level
-    elastic_log.setLevel(logging.CRITICAL)  # its progress and its failure report: ours is below
+    payload = (_job_hydra_config(), cfg, str(run_dir), str(scratch), run)
+    # The launcher's progress lines and failure report: the one error is ours (below).
+    quieted = {name: logging.getLogger(name).level for name in ("torch.distributed.elastic", "torch.multiprocessing")}
+    for name in quieted:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # The launcher turns these signals into its SignalException and leaves its handlers behind:
+    # the process's own come back after the group (the next job of a sweep runs in this process).
+    handlers = {sig: signal.getsignal(sig) for sig in _LAUNCHER_SIGNALS}
     try:
         results = elastic_launch(config, _worker)(payload)
     except ChildFailedError as failed:
         raise _failure(failed.failures, scratch, n, run_dir) from None
+    except SignalException as stopped:  # the ranks got the signal too (Ctrl-C reaches the whole group)
+        if stopped.sigval != signal.SIGINT:
+            raise SystemExit(128 + int(stopped.sigval)) from None
+        interrupted = KeyboardInterrupt()
+        summary = Summary.read(run_dir)  # rank 0 records where it stopped, if it had the time
+        interrupted.epoch = summary.epochs_run if summary is not None else None  # type: ignore[attr-defined]
+        raise interrupted from None
     finally:
-        elastic_log.setLevel(level)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        for name, level in quieted.items():
+            logging.getLogger(name).setLevel(level)
         shutil.rmtree(scratch, ignore_errors=True)
     return results[0]
+
+
+def _job_hydra_config() -> DictConfig:
+    """The job's Hydra config with its interpolations resolved here, in the job: the sweep and
+    run dirs follow `${now:...}`, the job's name and override_dirname resolvers Hydra registers
+    for the job only; resolved in a worker they would name another time or fail."""
+    root = copy.deepcopy(HydraConfig.instance().cfg)
+    OmegaConf.set_readonly(root.hydra, False)
+
+    def resolve(node: DictConfig, live: DictConfig) -> None:
+        for key in node.keys():
+            if OmegaConf.is_missing(node, key):
+                continue
+            if OmegaConf.is_interpolation(node, key):
+                try:
+                    node[key] = live[key]
+                except Exception:  # noqa: BLE001 -- a key the job never resolves (it needs the task config)
+                    pass
+            elif isinstance(node[key], DictConfig):
+                resolve(node[key], live[key])
+
+    resolve(root.hydra, HydraConfig.get())
+    return root
 
 
 def _worker(payload: tuple) -> Any:
@@ -237,7 +274,6 @@ def _worker(payload: tuple) -> Any:
     rank = int(os.environ["RANK"])
     os.environ[_WORKER_ENV] = "1"
     try:
-        from hydra.core.hydra_config import HydraConfig
         from hydra.core.utils import setup_globals
 
         setup_globals()  # the resolvers a config may use (${hydra:...}, ${now:...})
@@ -273,7 +309,9 @@ def _record(scratch: Path, rank: int, error: BaseException) -> None:
     else:
         text = str(error).strip().splitlines()
         record = f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
-        log.error("rank %d failed", rank, exc_info=error)
+        # The traceback goes to the run's log at debug level (hydra.verbose=true shows it):
+        # on the console, the launching process prints one error for the group.
+        log.debug("rank %d failed", rank, exc_info=error)
     (scratch / f"rank-{rank}.pkl").write_bytes(pickle.dumps(record))
 
 
@@ -294,8 +332,6 @@ def _failure(failures: dict[int, Any], scratch: Path, world_size: int, run_dir: 
         exitcode = failures[rank].exitcode
         what = (f"killed by {signal.Signals(-exitcode).name}" if exitcode < 0
                 else f"exited with status {exitcode}")
-    from hydra.core.hydra_config import HydraConfig
-
     from app.run.record import shown_path
 
     where = shown_path(run_dir, HydraConfig.get().runtime.cwd)

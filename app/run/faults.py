@@ -8,6 +8,8 @@ it costs nothing on the training path but a wrapper around the training batches.
                                          after half of the temp file is on disk
 
 Counts start at 1 in each process, so the same setting kills at the same point every time.
+With several processes, `@R` after the point kills rank R alone (`batch:8@1`); without it every
+rank that reaches the point dies.
 """
 from __future__ import annotations
 
@@ -20,13 +22,15 @@ ENV = "APP_TEST_KILL_AT"
 POINTS = ("batch", "epoch_start", "checkpoint_write")
 
 
-def _parse(text: str | None) -> tuple[str, int] | None:
+def _parse(text: str | None) -> tuple[str, int, int | None] | None:
     if not text:
         return None
+    text, _, only = text.partition("@")
     point, _, count = text.partition(":")
-    if point not in POINTS or not count.isdigit() or int(count) < 1:
-        raise ValueError(f"{ENV}={text!r}: expected one of {', '.join(POINTS)} followed by :N (N >= 1)")
-    return point, int(count)
+    if point not in POINTS or not count.isdigit() or int(count) < 1 or not (only.isdigit() or not only):
+        raise ValueError(f"{ENV}={text!r}: expected one of {', '.join(POINTS)} followed by :N (N >= 1) "
+                         "and optionally @R (rank R only)")
+    return point, int(count), int(only) if only else None
 
 
 KILL_AT = _parse(os.environ.get(ENV))
@@ -35,6 +39,10 @@ _seen = {point: 0 for point in POINTS}
 
 def _reached(point: str) -> bool:
     if KILL_AT is None or KILL_AT[0] != point:
+        return False
+    # RANK: set for each rank by torchrun and the elastic launcher (looked up now: a worker of
+    # the elastic launcher imports this module before its environment is set).
+    if KILL_AT[2] is not None and int(os.environ.get("RANK", 0)) != KILL_AT[2]:
         return False
     _seen[point] += 1
     return _seen[point] == KILL_AT[1]

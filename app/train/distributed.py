@@ -34,9 +34,10 @@ def is_main() -> bool:
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module | None:
-    """`model` (already on `device`) in DistributedDataParallel, or None outside a group.
+    """`model` (already on `device`) in DistributedDataParallel, or None outside a group (a group
+    of one process, as torchrun --nproc_per_node=1 starts, takes the DDP path too).
     DDP broadcasts rank 0's parameters and buffers here, so every rank starts from the same weights."""
-    if world_size() == 1:
+    if not active():
         return None
     from torch.nn.parallel import DistributedDataParallel
 
@@ -47,14 +48,14 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module | None:
 def sum_over_ranks(tensor: Tensor) -> Tensor:
     """`tensor` summed element-wise over the ranks, in place (an all-reduce on the device: no
     host read of its own)."""
-    if world_size() > 1:
+    if active():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def from_main(value: Any) -> Any:
     """Rank 0's `value` on every rank (a picklable object; a host collective)."""
-    if world_size() == 1:
+    if not active():
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
@@ -63,7 +64,7 @@ def from_main(value: Any) -> Any:
 
 def gather_to_main(value: Any) -> list[Any] | None:
     """Every rank's `value`, in rank order, on rank 0; None on the other ranks (a host collective)."""
-    if world_size() == 1:
+    if not active():
         return [value]
     gathered = [None] * world_size() if is_main() else None
     dist.gather_object(value, gathered, dst=0)

@@ -167,7 +167,7 @@ class Trainer:
         # is what the loop calls: the module, or its compiled version.
         # Several processes: `self.ddp` is the DistributedDataParallel wrapper (None otherwise).
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
-        self.ddp = distributed.wrap(model.to(device), device) if self.world_size > 1 else None
+        self.ddp = distributed.wrap(model.to(device), device) if distributed.active() else None
         if self.ddp is not None and self.graphed is not None:
             raise ValueError("cuda_graph does not work with several processes (DDP all-reduces "
                              "gradients outside the captured step)")
@@ -176,7 +176,7 @@ class Trainer:
         self.eval_forward = self.forward if self.ddp is None else (
             acceleration.CompiledModule(model) if compile else model)
         # Every rank's random generators, gathered on rank 0 at each epoch's end (checkpoints
-        # store them); None with one process.
+        # store them); None outside a process group.
         self.rank_rng_states: list[dict[str, Any]] | None = None
         self.autocast = acceleration.autocast_context(device, self.precision,
                                                       cache_enabled=self.graphed is None)
@@ -293,10 +293,10 @@ class Trainer:
                     self.scheduler.step()
                 elif value is not None:
                     self.scheduler.step(value)
-            if self.world_size > 1:
+            if self.ddp is not None:
                 self.rank_rng_states = distributed.gather_to_main(rng_state(self.device))
             self._emit("on_epoch_end", metrics)
-            if self.world_size > 1:  # rank 0's callbacks decided: every rank follows
+            if self.ddp is not None:  # rank 0's callbacks decided: every rank follows
                 self.should_stop, self.stop_reason, self.stop_message = distributed.from_main(
                     (self.should_stop, self.stop_reason, self.stop_message))
 
