@@ -74,6 +74,22 @@ def test_bad_process_settings_are_refused(compose_cfg):
     check_devices(compose_cfg("device=cpu"), 2)  # any number of processes on the CPU
 
 
+def test_torchrun_ranks_refuse_a_multirun_and_another_number_of_devices(compose_cfg, monkeypatch):
+    from app.run import distributed
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.under_torchrun() and distributed.launch_rank() == 1
+    with pytest.raises(ConfigError, match="`--multirun`.*trainer.devices=N"):
+        distributed.check_torchrun_args(["--multirun", "optimizer.lr=0.1,0.2"])
+    with pytest.raises(ConfigError, match="`trainer.devices`: 3. torchrun started 2 processes"):
+        distributed.join(compose_cfg("device=cpu", "trainer.devices=3"))
+    assert not distributed.starts_group(compose_cfg("trainer.devices=2"))  # torchrun started them
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert distributed.launch_rank() == 0 and distributed.starts_group(compose_cfg("trainer.devices=2"))
+
+
 def test_a_kill_point_can_name_one_rank(monkeypatch):
     monkeypatch.setattr(faults, "KILL_AT", faults._parse("batch:2@1"))
     monkeypatch.setattr(faults, "_seen", {point: 0 for point in faults.POINTS})
@@ -202,6 +218,8 @@ def test_torchrun_gives_the_same_run_in_one_dir(runs, tmp_path):
     proc = ok(app(tmp_path, *ARGS, torchrun=True))
     [run] = run_dirs(tmp_path)
     assert metrics(run) == metrics(two)  # the same group, started by torchrun
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in two.iterdir())
+    assert len(list((tmp_path / "outputs").rglob("*.log"))) == 1
     assert proc.stdout.count("completed: best val_loss") == 1  # rank 1 logs warnings only
 
 
