@@ -104,8 +104,9 @@ def check_devices(cfg: DictConfig, world_size: int) -> None:
         if world_size > gpus:
             raise ConfigError(
                 "trainer.devices", world_size,
-                f"{accepted}, up to {gpus} on this machine (one process per GPU), or device=cpu",
-                f"this machine has {gpus} CUDA device(s)",
+                f"{accepted}, up to {gpus} on this machine (one process per GPU), or device=cpu (gloo)"
+                if gpus else f"{accepted}, or device=cpu to train on N processes on the CPU (gloo)",
+                f"this machine has {gpus} CUDA device(s)" if gpus else "CUDA is not available on this machine",
             )
     if cfg.trainer.cuda_graph:
         raise ConfigError("trainer.cuda_graph", True, "false with several processes",
@@ -219,7 +220,8 @@ def run_group(cfg: DictConfig, run_dir: Path, run: Callable[[DictConfig, Path], 
     )
     payload = (_job_hydra_config(), cfg, str(run_dir), str(scratch), run)
     # The launcher's progress lines and failure report: the one error is ours (below).
-    quieted = {name: logging.getLogger(name).level for name in ("torch.distributed.elastic", "torch.multiprocessing")}
+    # (torch sets a level on each of its loggers: every one of them, not only their parents.)
+    quieted = {name: logging.getLogger(name).level for name in _launcher_loggers()}
     for name in quieted:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     # The launcher turns these signals into its SignalException and leaves its handlers behind:
@@ -243,6 +245,13 @@ def run_group(cfg: DictConfig, run_dir: Path, run: Callable[[DictConfig, Path], 
             logging.getLogger(name).setLevel(level)
         shutil.rmtree(scratch, ignore_errors=True)
     return results[0]
+
+
+def _launcher_loggers() -> list[str]:
+    import torch.distributed.elastic.agent.server.api  # noqa: F401  (creates its loggers)
+
+    prefixes = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")
+    return [name for name in [*prefixes, *logging.root.manager.loggerDict] if name.startswith(prefixes)]
 
 
 def _job_hydra_config() -> DictConfig:
