@@ -50,6 +50,7 @@ INFO_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--inf
 _LAUNCHER_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
                           if hasattr(signal, name))
 _bootstrap_store: Any = None  # torchrun: the store rank 0 publishes its run dir in
+_WORKER_ENV = "APP_GROUP_WORKER"  # set in the workers `run_group` starts
 
 
 class RankFailure(RuntimeError):
@@ -61,8 +62,6 @@ def under_torchrun() -> bool:
     """This process is a rank started by torchrun (not a worker `run_group` started)."""
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ and not os.environ.get(_WORKER_ENV)
 
-
-_WORKER_ENV = "APP_GROUP_WORKER"
 
 
 def launch_rank() -> int:
@@ -82,9 +81,6 @@ def rank_device(cfg: DictConfig) -> torch.device:
     group on CUDA, the GPU of this rank's local rank (device.index is then not used)."""
     if not distributed.active():
         return resolve_device(cfg.device.type, cfg.device.index)
-    if cfg.device.type == "mps":
-        raise ConfigError("device.type", "mps", "cpu or cuda with several processes",
-                          "DistributedDataParallel has no backend for MPS tensors")
     if cfg.device.type == "cpu" or (cfg.device.type == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return resolve_device("cuda", int(os.environ.get("LOCAL_RANK", distributed.rank())))
@@ -136,10 +132,10 @@ def _run_dir_key() -> str:
 
 
 def check_torchrun_args(args: list[str]) -> None:
-    """Refuse what a torchrun rank cannot do: a --multirun (N sweeps) or trainer.devices != N."""
+    """Refuse what a torchrun rank cannot do: a --multirun (N ranks would each run the sweep)."""
     if any(a in ("--multirun", "-m") for a in args):
         raise ConfigError("--multirun", True, "python -m app --multirun trainer.devices=N ... (each job "
-                          "starts its own N processes)", "torchrun would start N sweeps, not one")
+                          "starts its own N processes)", "under torchrun each rank would run the whole sweep")
 
 
 def follow_main_run_dir() -> list[str]:

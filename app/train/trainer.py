@@ -24,6 +24,8 @@ accumulation, the micro-batches before a window's last run under `no_sync` (no a
 epoch's end the loss and metric sums are summed over the ranks in the epoch's one host read, so
 every rank reports what one process would on the same data. Callbacks run on rank 0 only; its
 stop decision (early stopping, pruning, divergence) is then broadcast, so all ranks stop together.
+Besides the all-reduce of the sums, an epoch's end has two small host collectives: every rank's
+random generators gathered on rank 0 (checkpoints hold them) and that decision. Nothing per step.
 """
 from __future__ import annotations
 
@@ -362,7 +364,6 @@ class Trainer:
         weighted by this rank's `share` of the global batch (`_share`), batches before a
         window's last skip DDP's all-reduce (`no_sync`), and a rank whose part of a batch is
         empty still takes part in the step's all-reduce, with zero gradients."""
-        weight = share / window
         with self.ddp.no_sync() if self.ddp is not None and not update else nullcontext():
             with self.autocast:
                 out = self.forward(x)
@@ -370,7 +371,8 @@ class Trainer:
                 loss = self.task.loss(out, y) if y.shape[0] else out.sum()
             if first:
                 self.optimizer.zero_grad(set_to_none=self._grads_to_none)
-            self.scaler.scale(loss * weight if weight != 1 else loss).backward()
+            scaled = loss / window if window > 1 else loss
+            self.scaler.scale(scaled * share if share != 1 else scaled).backward()
         if update:
             self.optimizer_step()
         return loss.detach()
