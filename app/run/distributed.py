@@ -183,7 +183,7 @@ def join(cfg: DictConfig) -> None:
         options.update(store=_torchrun_store(), rank=int(os.environ["RANK"]), world_size=world)
     dist.init_process_group(**options)
     if under_torchrun() and distributed.rank() > 0:  # rank 0 logs the run; the others warn only
-        logging.getLogger().setLevel(logging.WARNING)
+        _configure_logging(distributed.rank(), None)
 
 
 def leave() -> None:
@@ -294,7 +294,7 @@ def _worker(payload: tuple) -> Any:
         leave()
 
 
-def _configure_logging(rank: int, hydra_cfg: DictConfig) -> None:
+def _configure_logging(rank: int, hydra_cfg: DictConfig | None) -> None:
     """Rank 0 logs as the job does (console and the run's log file); the others only warn,
     on stderr, naming their rank."""
     if rank == 0:

@@ -180,6 +180,7 @@ class Trainer:
         # Every rank's random generators, gathered on rank 0 at each epoch's end (checkpoints
         # store them); None outside a process group.
         self.rank_rng_states: list[dict[str, Any]] | None = None
+        self._no_context = nullcontext()  # reusable: what a step runs under without DDP's no_sync
         self.autocast = acceleration.autocast_context(device, self.precision,
                                                       cache_enabled=self.graphed is None)
         self.scaler = acceleration.grad_scaler(device, self.precision)
@@ -364,7 +365,7 @@ class Trainer:
         weighted by this rank's `share` of the global batch (`_share`), batches before a
         window's last skip DDP's all-reduce (`no_sync`), and a rank whose part of a batch is
         empty still takes part in the step's all-reduce, with zero gradients."""
-        with self.ddp.no_sync() if self.ddp is not None and not update else nullcontext():
+        with self.ddp.no_sync() if self.ddp is not None and not update else self._no_context:
             with self.autocast:
                 out = self.forward(x)
                 # An empty part: the loss of no samples is NaN; out.sum() is 0 and reaches every weight.
