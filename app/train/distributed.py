@@ -46,10 +46,12 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module | None:
 
 
 def sum_over_ranks(tensor: Tensor) -> Tensor:
-    """`tensor` summed element-wise over the ranks, in place (an all-reduce on the device: no
-    host read of its own)."""
+    """`tensor` summed element-wise over the ranks, in place, on every rank exactly as rank 0
+    has it (the all-reduce, then rank 0's result broadcast: whatever each rank decides from it,
+    a plateau scheduler say, it decides the same). Collectives on the device: no host read."""
     if active():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.broadcast(tensor, src=0)
     return tensor
 
 
