@@ -54,6 +54,8 @@ class TrainerConf:
     matmul_precision: str = MISSING  # highest | high (TF32) | medium: float32 matmuls
     grad_norm_every: int = MISSING  # measure grad_norm at every N-th optimizer step (1: each)
     threads: Optional[int] = MISSING  # torch CPU threads (intra-op); None: torch's default, one per core
+    devices: int = MISSING  # processes (one per GPU) that train the run together with DDP
+    ddp_timeout: float = MISSING  # seconds a collective waits for every rank before failing
 
 
 @dataclass
@@ -539,6 +541,12 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     if t.threads is not None:
         _check(isinstance(t.threads, int) and t.threads >= 1, "trainer.threads", t.threads,
                "null (torch's default: one thread per core) or an integer >= 1")
+    _positive_int(cfg, "trainer.devices")
+    _check(_finite(t.ddp_timeout) and t.ddp_timeout > 0, "trainer.ddp_timeout", t.ddp_timeout,
+           "a number of seconds > 0")
+    _check(not (t.cuda_graph and t.devices > 1), "trainer.cuda_graph", t.cuda_graph,
+           "false with trainer.devices > 1",
+           "DistributedDataParallel all-reduces gradients outside a captured CUDA graph")
     _check(not (t.cuda_graph and str(t.precision) == "16-mixed"), "trainer.precision", t.precision,
            "32 or bf16-mixed with trainer.cuda_graph=true",
            "the GradScaler of 16-mixed decides on the host whether to step, which a CUDA graph cannot replay")

@@ -31,4 +31,5 @@ class ConfigError(Exception):
                          f"Accepted: {accepted.strip().rstrip('.')}.")
 
     def __reduce__(self):  # the default would call __init__(message): keep it picklable for workers
-        return (type(self), (self.key, self.value, self.accepted, self.reason))
+        # (with its other attributes, e.g. `recorded`: a rank's summary.json is not to be replaced)
+        return (type(self), (self.key, self.value, self.accepted, self.reason), dict(self.__dict__))

@@ -1,7 +1,9 @@
 """The Hydra task function: compose -> check -> build -> fit -> test -> record -> objective.
 
 It wires; it does not compute (app/run/ builds and executes a run). Returns the run's objective
-for sweepers: a float, or a list of floats when `trainer.monitor` names several metrics.
+for sweepers: a float, or a list of floats when `trainer.monitor` names several metrics. With
+several processes (app/run/distributed.py) every rank runs `run`; `trainer.devices=N` starts them
+from here, torchrun starts them itself.
 """
 from __future__ import annotations
 
@@ -17,17 +19,34 @@ from omegaconf import DictConfig
 from app import CONF_DIR, targets
 from app.config import register_configs, resolve_mode
 from app.errors import ConfigError
+from app.run import distributed
 from app.run.execute import execute
 from app.run.lock import RunDirLock
-from app.run.record import (DamagedRecord, Status, Summary, disk_full, disk_full_error, interrupted_line,
-                            result_line, returned)
-from app.run.reproducibility import determinism_refusal
+from app.run.record import DamagedRecord, Status, Summary, interrupted_line, refusal, result_line, returned
 from app.run.seeds import train_seeds
 from app.search.trial import current_trial
 from app.tools import preflight
+from app.train.distributed import is_main
 
 register_configs()
 log = logging.getLogger("app")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Summary:
+    """The run itself, in `run_dir`: its trial (rank 0 alone talks to Optuna), its seeds or its
+    one execution. Every rank of a process group runs this."""
+    resolve_mode(cfg)  # trainer.monitor (a list: its first) and trainer.mode (auto: min | max)
+    trial = current_trial(cfg.trusted_modules) if is_main() else None
+    try:
+        if cfg.seeds:
+            summary = train_seeds(cfg, run_dir, execute, trial)
+            if is_main():
+                log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
+            return summary
+        return execute(cfg, run_dir, trial)
+    finally:
+        if trial is not None:
+            trial.close()  # stops the trial's heartbeat
 
 
 # The whitelist covers what Hydra itself builds (hydra.callbacks, logging); the app's own builds
@@ -35,8 +54,14 @@ log = logging.getLogger("app")
 @hydra.main(config_path=str(CONF_DIR), config_name="config", execution_whitelist=list(targets.patterns()))
 def main(cfg: DictConfig) -> float | list[float]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    distributed.publish_run_dir(run_dir)  # torchrun's rank 0: the other ranks use this one
     if cfg.preflight:  # only when app.run.launch left it to Hydra (e.g. with --config-name)
         sys.exit(preflight.run_and_report(cfg))
+    # The process that owns the run dir takes its lock: one process, the launching process of
+    # `trainer.devices=N` (its workers never get here), or torchrun's rank 0. Torchrun's other
+    # ranks share rank 0's run dir and must not take it (rank 0's lock would refuse them).
+    if distributed.launch_rank() != 0:
+        return train(cfg, run_dir)
     lock = RunDirLock(run_dir, "resume" if cfg.resume else "hydra.run.dir")
     try:
         lock.acquire()  # refused: another process trains here; nothing of the run is touched
@@ -46,21 +71,19 @@ def main(cfg: DictConfig) -> float | list[float]:
         return train(cfg, run_dir)
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float:
-    """The run (or its seeds) in `run_dir`; the objective. User mistakes and a full disk end it
-    with one paragraph (exit 2), Ctrl-C with the line that continues it (exit 130)."""
+def train(cfg: DictConfig, run_dir: Path) -> float | list[float]:
+    """The run (or its seeds) in `run_dir`, on this process or its group; the objective. User
+    mistakes and a full disk end it with one paragraph (exit 2), a failed rank with one error
+    naming it (exit 1), Ctrl-C with the line that continues it (exit 130)."""
     try:
-        resolve_mode(cfg)  # trainer.monitor (a list: its first) and trainer.mode (auto: min | max)
-        trial = current_trial(cfg.trusted_modules)
-        try:
-            if cfg.seeds:
-                summary = train_seeds(cfg, run_dir, execute, trial)
-                log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
-            else:
-                summary = execute(cfg, run_dir, trial)
-        finally:
-            if trial is not None:
-                trial.close()  # stops the trial's heartbeat
+        if distributed.starts_group(cfg):  # trainer.devices=N: N processes run `run`, rank 0's summary
+            summary = distributed.run_group(cfg, run_dir, run)
+        else:
+            distributed.join(cfg)  # a torchrun rank joins its group (a no-op for one process)
+            try:
+                summary = run(cfg, run_dir)
+            finally:
+                distributed.leave()
         if summary.debug is not None and not summary.debug["passed"] and HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)  # a debug verdict: FAILED (in a sweep each job's verdict is logged, the sweep goes on)
         return returned(summary)
@@ -70,23 +93,31 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         print(interrupted_line(getattr(stop, "epoch", None), run_dir, HydraConfig.get().runtime.cwd),
               file=sys.stderr)
         sys.exit(130)
+    except distributed.RankFailure as failure:  # the group is down; its checkpoints are kept
+        summary = Summary.read(run_dir) or Summary(Status.FAILED, monitor=cfg.trainer.monitor)
+        summary.status, summary.error = Status.FAILED, str(failure)
+        try:
+            summary.write(run_dir)
+        except OSError:
+            pass  # a full disk: the error below is still the one to report
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records its trial as failed and goes on
+        print(f"Error: {failure}", file=sys.stderr)
+        sys.exit(1)
     except (ConfigError, RuntimeError, OSError, DamagedRecord) as caught:
-        full = disk_full(caught)
-        error = determinism_refusal(caught) or caught
-        if isinstance(caught, DamagedRecord):
-            error = ConfigError("resume" if cfg.resume else "hydra.run.dir", str(caught.path),
-                                "a run directory whose records this app wrote; move the damaged file "
-                                "aside (a resume continues from checkpoints/last.pt)", str(caught))
-            error.recorded = True  # leave the run's files as they are
-        if full is not None and not isinstance(caught, ConfigError):
-            error = disk_full_error(full, run_dir, HydraConfig.get().runtime.cwd, summary_written=False)
-        if not isinstance(error, ConfigError):
+        error = refusal(caught, cfg.resume, run_dir, HydraConfig.get().runtime.cwd)
+        if error is None:
             raise
-        if not cfg.resume and not getattr(error, "recorded", False):  # a refused resume leaves the run's records as they were
+        main_rank = distributed.launch_rank() == 0
+        # a refused resume leaves the run's records as they were
+        if not cfg.resume and main_rank and not getattr(error, "recorded", False):
             try:
                 Summary(Status.FAILED, error=str(error)).write(run_dir)
             except OSError:
                 pass  # a full disk: the paragraph below says so
+        if not main_rank:
+            print(f"[rank {distributed.launch_rank()}] Error: {error}", file=sys.stderr)
+            sys.exit(2)
         fail(error)
 
 

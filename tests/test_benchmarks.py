@@ -45,7 +45,7 @@ def test_a_run_imports_no_optional_heavy_package(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("script", ["overhead.py", "data_path.py", "startup.py", "gpu.py", "packed.py"])
+@pytest.mark.parametrize("script", ["overhead.py", "data_path.py", "startup.py", "gpu.py", "packed.py", "ddp.py"])
 def test_benchmark_script_runs_and_ends_with_its_ratio(script):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,

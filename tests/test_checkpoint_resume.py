@@ -137,7 +137,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypa
     def die():
         raise Interrupted
 
-    monkeypatch.setattr(faults, "KILL_AT", ("checkpoint_write", 1))
+    monkeypatch.setattr(faults, "KILL_AT", ("checkpoint_write", 1, None))
     monkeypatch.setattr(faults, "_seen", {point: 0 for point in faults.POINTS})
     monkeypatch.setattr(faults, "_kill", die)
     with pytest.raises(Interrupted):

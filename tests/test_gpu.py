@@ -1,6 +1,7 @@
 """Trainer speed options on a CUDA GPU: no host sync per step (counted by CUDA's sync debug
 mode), CUDA-graph replay matching eager training, torch.compile through inductor, float16 with
-a GradScaler, pinned host data. Skipped where there is no CUDA device."""
+a GradScaler, pinned host data, DDP through NCCL (a group of one; two GPUs where there are two).
+Skipped where there is no CUDA device."""
 from __future__ import annotations
 
 import json
@@ -293,3 +294,52 @@ def test_a_pack_on_cuda_trains_each_member_as_its_lone_run(compose_cfg, tmp_path
         state = torch.load(tmp_path / "pack" / f"seed_{seed}" / "checkpoints" / "last.pt", weights_only=True)
         assert set(state["model"]) == set(run.model.state_dict())  # a plain single-model state
         assert all(state["model"][k].shape == v.shape for k, v in run.model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- NCCL (app/run/distributed.py)
+def _metrics(run_dir):
+    import csv
+
+    from app.train.trainer import TIMING_METRICS
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items() if k not in TIMING_METRICS and k != "peak_memory_mib" and v}
+                for row in csv.DictReader(f)]
+
+
+def _group_matches_one_process(tmp_path, run_app, group_args, torchrun_nproc=None):
+    import os
+    import subprocess
+    import sys
+
+    args = ["device=cuda", "logger=none", "trainer.epochs=3", "data.n_samples=2000", "trainer.batch_size=96",
+            "trainer.progress_bar=false", "trainer.precision=bf16-mixed", "trainer.grad_clip=1.0",
+            "trainer.accumulate_grad_batches=2"]
+    run_app(*args, check=True)
+    [one] = run_dirs(tmp_path)
+    group = tmp_path / "group"
+    group.mkdir()
+    launcher = (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun_nproc}"]
+                if torchrun_nproc else [])
+    proc = subprocess.run([sys.executable, *launcher, "-m", "app", *args, *group_args], cwd=group,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run] = run_dirs(group)
+    for a, b in zip(_metrics(one), _metrics(run), strict=True):
+        for key in a:  # bf16 autocast: the ranks' parts round differently from the whole batch
+            assert b[key] == pytest.approx(a[key], rel=2e-2, abs=1e-4), key
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    return state
+
+
+@pytest.mark.slow
+def test_nccl_group_of_one_under_torchrun_trains_like_one_process(tmp_path, run_app):
+    state = _group_matches_one_process(tmp_path, run_app, [], torchrun_nproc=1)
+    assert state["world_size"] == 1 and "cuda" in state["rng_ranks"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_gpus_with_nccl_train_like_one_gpu(tmp_path, run_app):
+    state = _group_matches_one_process(tmp_path, run_app, ["trainer.devices=2"])
+    assert state["world_size"] == 2

@@ -12,6 +12,10 @@ previous checkpoint or the new one, never a torn one.
 A checkpoint is data, not code: it holds tensors and plain containers only (dicts, lists,
 tuples, strings, numbers), and every load uses `torch.load(weights_only=True)`, which refuses
 anything else, so opening a checkpoint someone sent you runs nothing from it.
+
+Several processes (DDP): rank 0 writes, and the checkpoint also holds `world_size` and every
+rank's generators (`rng_ranks`); each rank restores its own, and a run is resumed only with the
+same number of processes.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from app.errors import ConfigError
 from app.run import faults
 from app.run.record import temp_path
 from app.callbacks.base import Callback
@@ -147,6 +152,8 @@ class Checkpoint(Callback):
             "train_batches": batches.state_dict() if hasattr(batches, "state_dict") else None,
             "rng": rng_state(trainer.device),
             "inference": self.inference,
+            **({"world_size": len(trainer.rank_rng_states), "rng_ranks": trainer.rank_rng_states}
+               if getattr(trainer, "rank_rng_states", None) else {}),
         }
 
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
@@ -183,17 +190,28 @@ class Checkpoint(Callback):
         random generators back where `last.pt` left them; None (nothing touched) without one.
 
         Also tidies what a kill can leave: torn temp files, a best.pt link not yet made, and
-        snapshots of epochs after last.pt (they will be trained again).
+        snapshots of epochs after last.pt (they will be trained again); with several processes
+        rank 0 alone tidies, the others only read.
         """
-        for tmp in self.directory.glob(".*.tmp") if self.directory.is_dir() else ():
+        main = getattr(trainer, "rank", 0) == 0
+        for tmp in self.directory.glob(".*.tmp") if self.directory.is_dir() and main else ():
             log.info("removing %s, a checkpoint write that was interrupted", tmp)
             tmp.unlink()
         if not self.last_path.exists():
-            for stale in [self.best_path, *(p for _, p in self.snapshots())]:
+            for stale in [self.best_path, *(p for _, p in self.snapshots())] if main else ():
                 stale.unlink(missing_ok=True)
             return None
         state = load_checkpoint(self.last_path)  # ValueError: atomic writes rule out torn files,
         # so this is damage from outside or a checkpoint of an earlier version
+        written_by, world_size = state.get("world_size", 1), getattr(trainer, "world_size", 1)
+        if written_by != world_size:
+            raise ConfigError(
+                "trainer.devices", world_size,
+                f"{written_by}, the number of processes the run trained with (trainer.devices={written_by}, "
+                f"or torchrun --nproc_per_node={written_by})",
+                f"{self.last_path} holds the data order and random generators of {written_by} process(es); "
+                "a resume continues with the same number",
+            )
 
         trainer.model.load_state_dict(state["model"])
         trainer.model.to(trainer.device)
@@ -208,12 +226,13 @@ class Checkpoint(Callback):
         if train_batches is not None and state["train_batches"] is not None:
             train_batches.load_state_dict(state["train_batches"])
 
-        if trainer.best_epoch is not None and trainer.best_epoch == trainer.epoch:
+        if main and trainer.best_epoch is not None and trainer.best_epoch == trainer.epoch:
             atomic_link(self.last_path, self.best_path)  # killed before the link was made
-        for epoch, path in self.snapshots():
+        for epoch, path in self.snapshots() if main else ():
             if epoch > trainer.epoch:
                 path.unlink()
         # Last: nothing above may draw from the generators the next epoch continues.
-        for warning in set_rng_state(state["rng"]):
+        rng = state["rng_ranks"][trainer.rank] if state.get("rng_ranks") else state["rng"]
+        for warning in set_rng_state(rng):
             log.warning("resume: %s; the run continues, but not bit for bit", warning)
         return state

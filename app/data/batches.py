@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from app.data.base import Split
+from app.train.distributed import shard
 
 
 class TensorBatches:
@@ -21,6 +22,13 @@ class TensorBatches:
     Shuffled epochs draw their permutation from a CPU generator seeded once here, so epoch k's
     order depends only on `seed` and k, never on the global RNG; `state_dict` captures it for an
     exact resume. Iteration never synchronizes host and device (sizes come from shapes).
+
+    Several processes (`world_size` > 1, DistributedDataParallel): `batch_size` is the global
+    batch. Every rank draws the same permutation (same `seed`) and cuts each global batch into
+    `world_size` contiguous parts whose sizes differ by at most one; rank `rank` yields its part.
+    So the ranks together see exactly the batches one process would, `len` (batches per epoch),
+    `batch_size` and `num_samples` are the global figures on every rank, and a part can be empty
+    when a batch holds fewer samples than there are ranks.
     """
 
     def __init__(
@@ -34,6 +42,8 @@ class TensorBatches:
         drop_last: bool = False,
         on_device: bool = True,
         pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -42,7 +52,10 @@ class TensorBatches:
                 f"x and y disagree on the number of samples: "
                 f"{split.x.shape[0]} vs {split.y.shape[0]}"
             )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank!r}")
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -82,7 +95,7 @@ class TensorBatches:
         stop = self.num_samples
         if not self.shuffle:
             for start in range(0, stop, self.batch_size):
-                end = start + self.batch_size
+                start, end = self._part(start, min(start + self.batch_size, stop))
                 yield self._transfer(self._x[start:end], self._y[start:end])
             return
 
@@ -91,12 +104,17 @@ class TensorBatches:
         # copy from pageable memory waits for the device (a host sync per epoch).
         perm = perm.to(self._x.device, non_blocking=True)
         for start in range(0, stop, self.batch_size):
-            idx = perm[start : start + self.batch_size]
+            start, end = self._part(start, min(start + self.batch_size, stop))
+            idx = perm[start:end]
             xb, yb = self._x.index_select(0, idx), self._y.index_select(0, idx)
             if self._pin:
                 # index_select returns pageable memory; a pinned copy keeps the upload async.
                 xb, yb = xb.pin_memory(), yb.pin_memory()
             yield self._transfer(xb, yb)
+
+    def _part(self, start: int, end: int) -> tuple[int, int]:
+        """This rank's part of the global batch [start, end)."""
+        return (start, end) if self.world_size == 1 else shard(start, end, self.rank, self.world_size)
 
     def _transfer(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         """Move a host batch to the target device (no-op when the data already lives there)."""

@@ -1,3 +1,3 @@
 """One run of an experiment: built from the composed config (`build`), executed (`execute`),
 recorded (`record`, `provenance`), repeated over seeds (`seeds`), continued (`resume`), launched
-from the command line (`launch`)."""
+from the command line (`launch`), on several processes (`distributed`)."""

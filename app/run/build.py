@@ -25,11 +25,13 @@ from app.data import DataSplits, LimitedBatches, TensorBatches
 from app.errors import ConfigError
 from app.run import debug, faults
 from app.run.device import describe as describe_device
-from app.run.device import resolve_device, set_threads
+from app.run.device import set_threads
+from app.run.distributed import check_devices, rank_device
 from app.run.load import inference_record
 from app.run.reproducibility import set_deterministic
 from app.train.acceleration import check_device_options
 from app.train.tasks import TASKS, Task, task_of
+from app.train import distributed
 from app.train.trainer import Batches, Trainer
 
 # Keys of a scheduler's config that the trainer reads and the scheduler class must not see.
@@ -109,7 +111,8 @@ def build_batches(
     t = cfg.trainer
     eval_bs = t.eval_batch_size or 4 * t.batch_size
     limits = debug.limits(cfg)
-    common = dict(device=device, on_device=t.data_on_device, pin_memory=t.pin_memory and device.type == "cuda")
+    common = dict(device=device, on_device=t.data_on_device, pin_memory=t.pin_memory and device.type == "cuda",
+                  rank=distributed.rank(), world_size=distributed.world_size())  # each rank: its part of a batch
     train = limited(TensorBatches(data.train, t.batch_size, shuffle=not limits.fixed, seed=cfg.seed, **common),
                     limits.train)
     if limits.fixed:
@@ -159,6 +162,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, run_name: str, group: str | 
             callback = targets.instantiate(node, key, cfg.trusted_modules,
                                            **_context(node, key, cfg.trusted_modules, {"run_dir": run_dir}))
         (checkpoints if isinstance(callback, Checkpoint) else first).append(callback)
+    if not distributed.is_main():  # other ranks write no records: rank 0's callbacks alone run
+        return [*first, *checkpoints]
     callbacks = [*first, *checkpoints, CSVLogger(run_dir / "metrics.csv")]
 
     for name, node in cfg.logger.items():
@@ -226,7 +231,9 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
         task_name = task_of(cfg.data, cfg.trusted_modules)
         validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
     with stage("device"):
-        device = resolve_device(cfg.device.type, cfg.device.index)
+        # In a group: its size; before one (preflight, the launching process): trainer.devices.
+        check_devices(cfg, distributed.world_size() if distributed.active() else cfg.trainer.devices)
+        device = rank_device(cfg)
         threads_before = set_threads(cfg.trainer.threads)
         check_device_options(cfg.trainer.precision, device)
         seed_everything(cfg.seed)
@@ -237,6 +244,8 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
         validate(cfg, task.metric_names())  # again, now that the data has said which task it is
     with stage("model"):
         model = build_model(cfg, data)
+        if distributed.rank() > 0:  # the same initial weights; dropout & co. draw a stream per rank
+            seed_everything(cfg.seed + distributed.rank())
     with stage("optimizer"):
         optimizer = build_optimizer(cfg, model)
     with stage("scheduler"):

@@ -19,6 +19,7 @@ from app.config import objective_names
 from app.run.provenance import config_hash, data_files
 from app.run.record import (Status, Summary, disk_full, disk_full_error, objective, objective_values, provenance,
                             remove_own_temp_files, result_line, write_json)
+from app.train.distributed import is_main
 
 log = logging.getLogger("app")
 
@@ -43,11 +44,12 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         return resumption.finished
     run_name, group = names(cfg, trial)
     run = build_run(cfg, run_dir, run_name=run_name, group=group, trial=trial)
-    if resumption is None:
+    main = is_main()  # with several processes, rank 0 alone writes the run's records
+    if resumption is None and main:
         write_json(run_dir / "provenance.json", provenance(
             describe(run.device), list(HydraConfig.get().overrides.task), config_hash(cfg),
             data_files=data_files(cfg)))
-    else:
+    elif resumption is not None:
         try:
             resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
         except (RuntimeError, KeyError, TypeError, IsADirectoryError) as error:  # last.pt not of this run
@@ -63,7 +65,7 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
     t = cfg.trainer
     started = time.time()
     summary = Summary(Status.FAILED, monitor=t.monitor, mode=t.mode)
-    profiler = debug.profiler(cfg, run_dir, run.device)  # debug=profile only
+    profiler = debug.profiler(cfg, run_dir, run.device) if main else None  # debug=profile only
     try:
         try:
             result = run.trainer.fit(profiler.wrap(run.train) if profiler else run.train, run.val)
@@ -93,7 +95,7 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         # A full disk: one paragraph instead of the chained traceback, the summary if it fits.
         remove_own_temp_files(run_dir)
         summary.error = f"OSError: {full}"
-        written = _write_summary(summary, run_dir, t.mode, started, trial)
+        written = _write_summary(summary, run_dir, t.mode, started, trial, write=main)
         refusal = disk_full_error(full, run_dir, HydraConfig.get().runtime.cwd, written)
         refusal.recorded = True  # app.main must not write over this summary
         raise refusal from None
@@ -101,11 +103,12 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         if len(objective_names(cfg)) > 1:  # several objectives: each metric at the best epoch
             at_best = next((m for m in run.trainer.history if m.get("epoch") == summary.best_epoch), None)
             summary.objectives = objective_values(summary.status, at_best, objective_names(cfg), t.mode)
-        _write_summary(summary, run_dir, t.mode, started, trial)
-        for callback in run.callbacks:
-            callback.on_run_end(summary.to_dict())
+        _write_summary(summary, run_dir, t.mode, started, trial, write=main)
+        if main:
+            for callback in run.callbacks:
+                callback.on_run_end(summary.to_dict())
         run.release()
-    if resumption is not None:
+    if resumption is not None and main:
         resume.refresh_sweep_summary(run_dir)
     log.info(result_line(summary, run_dir, HydraConfig.get().runtime.cwd))
     if summary.debug is not None:
@@ -113,12 +116,17 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
     return summary
 
 
-def _write_summary(summary: Summary, run_dir: Path, mode: str, started: float, trial: Any) -> bool:
-    """Complete and write summary.json; False when the disk is too full to hold it."""
+def _write_summary(summary: Summary, run_dir: Path, mode: str, started: float, trial: Any,
+                   write: bool = True) -> bool:
+    """Complete and write summary.json (`write`: this process owns the run's records, rank 0 with
+    several processes); False when it was not written (the disk is too full to hold it, or not
+    this process's to write)."""
     summary.objective = objective(summary.status, summary.best, mode)
     summary.wall_time_s = round(time.time() - started, 3)
     if trial is not None:
         summary.trial = trial.describe(summary.status)
+    if not write:
+        return False
     try:
         summary.write(run_dir)
     except OSError as error:

@@ -17,6 +17,9 @@ Counts start at 1 in each process, so the same setting kills at the same point e
     APP_TEST_KILL_TRIAL_ID=I             with one of the above: only in the job of the Optuna trial
                                          whose storage id is I (its APP_OPTUNA_TRIAL_ID); counts
                                          start at that job's first batch, epoch or write
+
+With several processes, `@R` after the point kills rank R alone (`batch:8@1`); without it every
+rank that reaches the point dies.
 """
 from __future__ import annotations
 
@@ -31,13 +34,15 @@ TRIAL_ENV = "APP_TEST_KILL_TRIAL_ID"
 POINTS = ("batch", "epoch_start", "checkpoint_write", "disk_full")
 
 
-def _parse(text: str | None) -> tuple[str, int] | None:
+def _parse(text: str | None) -> tuple[str, int, int | None] | None:
     if not text:
         return None
+    text, _, only = text.partition("@")
     point, _, count = text.partition(":")
-    if point not in POINTS or not count.isdigit() or int(count) < 1:
-        raise ValueError(f"{ENV}={text!r}: expected one of {', '.join(POINTS)} followed by :N (N >= 1)")
-    return point, int(count)
+    if point not in POINTS or not count.isdigit() or int(count) < 1 or not (only.isdigit() or not only):
+        raise ValueError(f"{ENV}={text!r}: expected one of {', '.join(POINTS)} followed by :N (N >= 1) "
+                         "and optionally @R (rank R only)")
+    return point, int(count), int(only) if only else None
 
 
 KILL_AT = _parse(os.environ.get(ENV))
@@ -49,6 +54,10 @@ def _reached(point: str) -> bool:
     if KILL_AT is None or KILL_AT[0] != point:
         return False
     if ONLY_TRIAL is not None and os.environ.get("APP_OPTUNA_TRIAL_ID") != ONLY_TRIAL:
+        return False
+    # RANK: set for each rank by torchrun and the elastic launcher (looked up now: a worker of
+    # the elastic launcher imports this module before its environment is set).
+    if KILL_AT[2] is not None and int(os.environ.get("RANK", 0)) != KILL_AT[2]:
         return False
     _seen[point] += 1
     return _seen[point] == KILL_AT[1]

@@ -33,6 +33,7 @@ RESULT_NEUTRAL = (
     "trainer.checkpoint_every",
     "trainer.keep_last_k",
     "trainer.data_on_device",    # where batches are indexed; the same values either way
+    "trainer.ddp_timeout",       # how long a rank waits for the others
     "device.index",              # another GPU of the same kind
     "trainer.threads",           # how many CPU cores compute it (like device.index: the last bits may differ)
 )

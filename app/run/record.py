@@ -276,6 +276,24 @@ def _kept(run_dir: Path) -> str:
     return ", ".join(kept) or "nothing yet"
 
 
+def refusal(caught: BaseException, resume: bool, run_dir: str | Path, launch_dir: str | Path) -> ConfigError | None:
+    """The one paragraph a run ends with for `caught`, or None (a crash: its traceback): a
+    ConfigError as it is, a nondeterministic op under `deterministic=true`, a damaged record of
+    the run (`recorded`: its files stay as they are), a full disk."""
+    from app.run.reproducibility import determinism_refusal
+
+    full = disk_full(caught)
+    error = determinism_refusal(caught) or caught
+    if isinstance(caught, DamagedRecord):
+        error = ConfigError("resume" if resume else "hydra.run.dir", str(caught.path),
+                            "a run directory whose records this app wrote; move the damaged file "
+                            "aside (a resume continues from checkpoints/last.pt)", str(caught))
+        error.recorded = True  # leave the run's files as they are
+    if full is not None and not isinstance(caught, ConfigError):
+        error = disk_full_error(full, run_dir, launch_dir, summary_written=False)
+    return error if isinstance(error, ConfigError) else None
+
+
 def disk_full_error(full: OSError, run_dir: str | Path, launch_dir: str | Path,
                     summary_written: bool) -> ConfigError:
     """The one paragraph for a run stopped by a full disk: what was full, what was kept, how to

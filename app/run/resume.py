@@ -144,7 +144,11 @@ class Resumption:
                 "a resume starts the run again from epoch 0 in its directory)", str(error),
             ) from None
         epoch = state["epoch"] if state is not None else 0
-        replanned = self.replan_schedule(trainer, train_batches)
+        replanned = self.replan_schedule(trainer, train_batches)  # every rank: each steps its scheduler
+        from app.train.distributed import is_main
+
+        if not is_main():  # with several processes, rank 0 records the resume
+            return epoch
         path = self.run_dir / "provenance.json"
         record = read_json(path) if path.exists() else {}
         before = (record.get("resumes") or [record])[-1].get("device")

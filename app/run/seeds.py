@@ -34,6 +34,8 @@ from omegaconf import DictConfig, open_dict
 
 from app.config import objective_names, validate
 from app.run.record import Status, Summary, objective_values, worst_value
+from app.train import distributed
+from app.train.distributed import is_main
 
 log = logging.getLogger("app")
 
@@ -103,6 +105,10 @@ def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., Summary],
     size = pack_size(cfg, len(seeds))
     if size > 1 and trial is not None:
         log.info("pack: the seeds of a sweep trial train one after the other (its pruner follows them in order)")
+    elif size > 1 and (cfg.trainer.devices > 1 or distributed.world_size() > 1):
+        # Every rank decides the same (config and group size), so the ranks train each seed together.
+        log.info("pack: training one run at a time: several processes (trainer.devices > 1 or torchrun) "
+                 "train each seed together; a pack trains on one process")
     elif size > 1:
         return _train_packed(cfg, run_dir, seeds, size, train)
     return _train_in_turn(cfg, run_dir, seeds, train, trial)
@@ -117,7 +123,8 @@ def _train_in_turn(cfg: DictConfig, run_dir: Path, seeds: list[int], train: Call
     try:
         for seed in seeds:
             seed_dir = run_dir / f"seed_{seed}"
-            seed_dir.mkdir(parents=True, exist_ok=True)
+            if is_main():  # with several processes rank 0 alone writes
+                seed_dir.mkdir(parents=True, exist_ok=True)
             try:
                 result = train(with_seed(cfg, seed), seed_dir, trial=trial)
             except BaseException as exc:
@@ -200,5 +207,6 @@ def _write(cfg: DictConfig, run_dir: Path, seeds: list[int], per_seed: list[dict
         summary.interrupted = isinstance(error, KeyboardInterrupt)
     if trial is not None:
         summary.trial = trial.describe(summary.status)
-    summary.write(run_dir)
+    if is_main():  # with several processes rank 0 alone writes
+        summary.write(run_dir)
     return summary

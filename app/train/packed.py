@@ -60,6 +60,8 @@ def unpackable_config(cfg: Any) -> str | None:
         return "trainer.cuda_graph=true: packs do not replay CUDA graphs"
     if t.accumulate_grad_batches != 1:
         return "trainer.accumulate_grad_batches > 1: packs step every batch"
+    if t.get("devices", 1) > 1:
+        return "trainer.devices > 1: a pack trains on one process"
     return None
 
 

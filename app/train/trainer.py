@@ -15,20 +15,33 @@ epoch_time.
 
 Speed options (mixed precision, torch.compile, CUDA graphs, gradient clipping and accumulation)
 change what one step does, not the shape of the loop; their helpers live in `app.train.acceleration`.
+
+Several processes (a process group, see `app.train.distributed`): the model is wrapped in
+DistributedDataParallel and each rank trains on its part of every global batch (the batches
+cut them, `TensorBatches`). Each rank's loss is weighted by its share of the global batch, so the
+averaged gradient is the global batch's mean gradient, as one process would compute it; with
+accumulation, the micro-batches before a window's last run under `no_sync` (no all-reduce). At an
+epoch's end the loss and metric sums are summed over the ranks in the epoch's one host read, so
+every rank reports what one process would on the same data. Callbacks run on rank 0 only; its
+stop decision (early stopping, pruning, divergence) is then broadcast, so all ranks stop together.
+Besides the all-reduce of the sums, an epoch's end has two small host collectives: every rank's
+random generators gathered on rank 0 (checkpoints hold them) and that decision. Nothing per step.
 """
 from __future__ import annotations
 
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from app.train import acceleration
+from app.train import acceleration, distributed
 from app.callbacks.base import Callback, improves
+from app.run.reproducibility import rng_state
 from app.train.tasks import Task
 
 Batches = Iterable[tuple[Tensor, Tensor]]  # also needs a `num_samples` attribute
@@ -154,7 +167,20 @@ class Trainer:
             self.graphed = acceleration.GraphedStep(self.train_step, optimizer, device)
         # `self.model` stays the module itself (checkpoints save its state_dict); `self.forward`
         # is what the loop calls: the module, or its compiled version.
-        self.forward = acceleration.CompiledModule(model) if compile else model
+        # Several processes: `self.ddp` is the DistributedDataParallel wrapper (None otherwise).
+        self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        self.ddp = distributed.wrap(model.to(device), device) if distributed.active() else None
+        if self.ddp is not None and self.graphed is not None:
+            raise ValueError("cuda_graph does not work with several processes (DDP all-reduces "
+                             "gradients outside the captured step)")
+        self.forward = acceleration.CompiledModule(self.ddp or model) if compile else (self.ddp or model)
+        # Evaluation needs no gradient sync: the module itself (each rank evaluates its part).
+        self.eval_forward = self.forward if self.ddp is None else (
+            acceleration.CompiledModule(model) if compile else model)
+        # Every rank's random generators, gathered on rank 0 at each epoch's end (checkpoints
+        # store them); None outside a process group.
+        self.rank_rng_states: list[dict[str, Any]] | None = None
+        self._no_context = nullcontext()  # reusable: what a step runs under without DDP's no_sync
         self.autocast = acceleration.autocast_context(device, self.precision,
                                                       cache_enabled=self.graphed is None)
         self.scaler = acceleration.grad_scaler(device, self.precision)
@@ -229,6 +255,9 @@ class Trainer:
             sums = [train_sums]
             if validate:
                 sums.append(self._eval_sums(val))
+            # Loss and metric sums over every rank's samples (the gradients, and so their norm,
+            # are the same on every rank: not summed).
+            sums = [distributed.sum_over_ranks(torch.cat(sums))]
             if self.track_grad_norm:
                 sums += [self._grad_norm_sum, self._grad_norm_max]
             # The one host read of the epoch.
@@ -267,7 +296,12 @@ class Trainer:
                     self.scheduler.step()
                 elif value is not None:
                     self.scheduler.step(value)
+            if self.ddp is not None:
+                self.rank_rng_states = distributed.gather_to_main(rng_state(self.device))
             self._emit("on_epoch_end", metrics)
+            if self.ddp is not None:  # rank 0's callbacks decided: every rank follows
+                self.should_stop, self.stop_reason, self.stop_message = distributed.from_main(
+                    (self.should_stop, self.stop_reason, self.stop_message))
 
         result = FitResult(
             monitor=self.monitor,
@@ -297,7 +331,10 @@ class Trainer:
             # Batches in this accumulation window: k, or fewer in the epoch's last window.
             window = k if n_batches is None else min(k, n_batches - (i - 1) // k * k)
             first, update = (i - 1) % k == 0, i % k == 0 or i == n_batches
-            loss = train_step(x, y, window, first, update)
+            if self.ddp is None:
+                loss = train_step(x, y, window, first, update)
+            else:
+                loss = self.train_step(x, y, window, first, update, share=self._share(batches, i, y))
             loss_sum += loss * y.shape[0]
             steps += update
             if update and step_scheduler:
@@ -309,19 +346,34 @@ class Trainer:
                 self.scheduler.step()
         return loss_sum, steps
 
+    def _share(self, batches: Batches, i: int, y: Tensor) -> float:
+        """Several processes: this rank's samples in the `i`-th global batch times the number of
+        ranks, over the global batch's samples (host figures: the batches' global `batch_size`
+        and `num_samples`, and the local batch's shape). DDP averages the ranks' gradients, so
+        weighting each rank's mean loss by this makes the step follow the global batch's mean."""
+        size = min(batches.batch_size, batches.num_samples - (i - 1) * batches.batch_size)
+        return y.shape[0] * self.world_size / size
+
     def train_step(self, x: Tensor, y: Tensor, window: int = 1, first: bool = True,
-                   update: bool = True) -> Tensor:
+                   update: bool = True, share: float = 1.0) -> Tensor:
         """One batch: forward, zero the gradients if it is the `first` of its accumulation
         window, backward (adding to `.grad`), and with `update` clip and step. Returns the
         detached batch-mean loss.
 
         The loss is divided by `window` (the batches accumulated into one optimizer step), so
-        the step follows the mean gradient of the window."""
-        with self.autocast:
-            loss = self.task.loss(self.forward(x), y)
-        if first:
-            self.optimizer.zero_grad(set_to_none=self._grads_to_none)
-        self.scaler.scale(loss / window if window > 1 else loss).backward()
+        the step follows the mean gradient of the window. Several processes: it is also
+        weighted by this rank's `share` of the global batch (`_share`), batches before a
+        window's last skip DDP's all-reduce (`no_sync`), and a rank whose part of a batch is
+        empty still takes part in the step's all-reduce, with zero gradients."""
+        with self.ddp.no_sync() if self.ddp is not None and not update else self._no_context:
+            with self.autocast:
+                out = self.forward(x)
+                # An empty part: the loss of no samples is NaN; out.sum() is 0 and reaches every weight.
+                loss = self.task.loss(out, y) if y.shape[0] else out.sum()
+            if first:
+                self.optimizer.zero_grad(set_to_none=self._grads_to_none)
+            scaled = loss / window if window > 1 else loss
+            self.scaler.scale(scaled * share if share != 1 else scaled).backward()
         if update:
             self.optimizer_step()
         return loss.detach()
@@ -392,8 +444,10 @@ class Trainer:
         self.model.eval()
         sums = torch.zeros(1 + len(self.task.metrics), device=self.device)
         for x, y in batches:
+            if not y.shape[0]:  # this rank's part of a batch smaller than the number of ranks
+                continue
             with self.autocast:
-                out = self.forward(x)
+                out = self.eval_forward(x)
             out = out.float()  # loss and metrics in float32 whatever the autocast dtype
             parts = [self.task.loss(out, y) * y.shape[0]]
             parts += [fn(out, y) for fn in self.task.metrics.values()]
@@ -403,11 +457,13 @@ class Trainer:
     def evaluate(self, batches: Batches, prefix: str = "test") -> dict[str, float]:
         """Loss and task metrics over `batches` as `{prefix}_loss`, `{prefix}_<metric>`."""
         with acceleration.matmul_precision(self.matmul_precision):
-            values = self._eval_sums(batches).tolist()
+            values = distributed.sum_over_ranks(self._eval_sums(batches)).tolist()
         names = ["loss", *self.task.metrics]
         return {f"{prefix}_{name}": v / batches.num_samples for name, v in zip(names, values)}
 
     def _emit(self, hook: str, *args: Any) -> None:
+        if self.rank != 0:  # callbacks write the run's records and talk to Optuna: rank 0 only
+            return
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
