@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +28,20 @@ def _get(port: int, path: str) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
         assert response.status == 200
         return json.loads(response.read())
+
+
+def _wait_for_socket(port: int, server: subprocess.Popen, deadline_s: float = 60.0) -> None:
+    """The server prints "Listening on" before it binds its socket: connect until it accepts."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                return
+        except OSError:
+            assert server.poll() is None, f"optuna-dashboard exited with {server.returncode}"
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # polling a condition with a deadline, not a fixed wait
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "journal"])
@@ -54,6 +69,7 @@ def test_optuna_dashboard_serves_a_study_with_trials_and_importances(tmp_path, r
             if "Listening on" in line:
                 break
         assert printed and "Listening on" in printed[-1], "".join(printed)
+        _wait_for_socket(port, server)
         studies = _get(port, "/api/studies")["study_summaries"]
         assert [s["study_name"] for s in studies] == ["unit"]
         study = _get(port, f"/api/studies/{studies[0]['study_id']}")

@@ -164,7 +164,7 @@ def test_trainer_on_two_ranks_takes_the_one_process_steps(tmp_path):
     _train(0, 1, None, tmp_path / "one.pt")
     mp.start_processes(_train, args=(2, str(tmp_path / "init"), tmp_path / "two.pt"), nprocs=2,
                        start_method="spawn")
-    one, two = (torch.load(tmp_path / f"{n}.pt", weights_only=False) for n in ("one", "two"))
+    one, two = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("one", "two"))
     for key, tensor in one["model"].items():
         torch.testing.assert_close(two["model"][key], tensor, rtol=RTOL, atol=ATOL)
     for a, b in zip(one["history"], two["history"], strict=True):
@@ -218,8 +218,8 @@ def test_two_processes_report_what_one_process_does(runs):
     for row_a, row_b in zip(a, b):
         for key in row_a:
             assert math.isclose(row_a[key], row_b[key], rel_tol=RTOL, abs_tol=ATOL), (row_a["epoch"], key)
-    for key, tensor in torch.load(one / "checkpoints" / "last.pt", weights_only=False)["model"].items():
-        other = torch.load(two / "checkpoints" / "last.pt", weights_only=False)["model"][key]
+    for key, tensor in torch.load(one / "checkpoints" / "last.pt", weights_only=True)["model"].items():
+        other = torch.load(two / "checkpoints" / "last.pt", weights_only=True)["model"][key]
         torch.testing.assert_close(other, tensor, rtol=1e-4, atol=1e-6)
 
 
@@ -230,7 +230,7 @@ def test_rank_zero_owns_the_one_run_dir(runs):
     assert sorted(p.name for p in two.iterdir()) == [".hydra", ".lock", "checkpoints", "metrics.csv",
                                                        "provenance.json", "summary.json", "train.log"]
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
-    state = torch.load(two / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(two / "checkpoints" / "last.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])  # a stream per rank
     summary = json.loads((two / "summary.json").read_text())
@@ -261,7 +261,7 @@ def test_a_killed_rank_stops_the_group_with_one_error_and_the_run_resumes(runs, 
     assert error == [f"Error: rank 1 of 2 failed: killed by SIGKILL. The other ranks were stopped; the run's "
                      f"checkpoints are kept: continue it from its last one with: python -m app resume={run.relative_to(tmp_path)}"]
     assert "Traceback" not in proc.stderr
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
 
     # another number of processes is refused, and leaves the run as it was
@@ -274,8 +274,8 @@ def test_a_killed_rank_stops_the_group_with_one_error_and_the_run_resumes(runs, 
     ok(app(tmp_path, f"resume={run}"))
     assert run_dirs(tmp_path) == [run]
     assert metrics(run) == metrics(two)  # exactly the uninterrupted 2-process run
-    for key, tensor in torch.load(two / "checkpoints" / "last.pt", weights_only=False)["model"].items():
-        assert torch.equal(torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"][key], tensor)
+    for key, tensor in torch.load(two / "checkpoints" / "last.pt", weights_only=True)["model"].items():
+        assert torch.equal(torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"][key], tensor)
 
 
 @pytest.mark.slow
@@ -298,7 +298,7 @@ def test_a_sweep_runs_each_trial_as_a_two_process_group_and_prunes_under_ddp(tmp
     assert sorted(study.trials[1].intermediate_values) == [1]
     completed = tmp_path / study.trials[0].user_attrs["run_dir"]
     assert study.trials[0].value == json.loads((completed / "summary.json").read_text())["objective"]
-    assert torch.load(completed / "checkpoints" / "last.pt", weights_only=False)["world_size"] == 2
+    assert torch.load(completed / "checkpoints" / "last.pt", weights_only=True)["world_size"] == 2
 
 
 @pytest.mark.slow

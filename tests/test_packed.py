@@ -180,7 +180,7 @@ def test_members_checkpoints_hold_plain_single_model_state(compose_cfg, tmp_path
     pack = _runs(compose_cfg, tmp_path, [1, 2], "trainer.epochs=2")
     PackedTrainer(pack).fit()
     for run in pack:
-        state = torch.load(run.checkpoint.last_path, weights_only=False)
+        state = torch.load(run.checkpoint.last_path, weights_only=True)
         fresh = build_run(run.cfg, tmp_path / "fresh" / run.checkpoint.last_path.parent.parent.name)
         fresh.model.load_state_dict(state["model"])  # the lone run's own model class and keys
         fresh.optimizer.load_state_dict(state["optimizer"])
@@ -367,8 +367,8 @@ def test_a_killed_pack_resumes_bit_for_bit(tmp_path):
     [reference] = run_dirs(tmp_path / "whole")
     for seed in (1, 2, 3):
         assert _metrics(run / f"seed_{seed}") == _metrics(reference / f"seed_{seed}")
-        ours = torch.load(run / f"seed_{seed}" / "checkpoints" / "last.pt", weights_only=False)
-        theirs = torch.load(reference / f"seed_{seed}" / "checkpoints" / "last.pt", weights_only=False)
+        ours = torch.load(run / f"seed_{seed}" / "checkpoints" / "last.pt", weights_only=True)
+        theirs = torch.load(reference / f"seed_{seed}" / "checkpoints" / "last.pt", weights_only=True)
         for name, value in theirs["model"].items():
             assert torch.equal(ours["model"][name], value)
         resumes = json.loads((run / f"seed_{seed}" / "provenance.json").read_text())["resumes"]

@@ -25,7 +25,7 @@ from tests.postgres import PASSWORD, free_port
 from tests.test_search import make_sweeper
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-WAIT_S = 120  # upper bound for an event that must come (a failing test, not a hanging one)
+WAIT_S = 300  # upper bound (generous: CI machines may be busy) for an event that must come (a failing test, not a hanging one)
 
 
 def test_a_sweep_on_postgresql_runs_exactly_n_trials_and_resumes(postgres_server, tmp_path):

@@ -89,10 +89,12 @@ def test_the_slurm_preset_writes_the_batch_script_and_a_refused_submission_is_on
     assert "invalid partition specified: gpu" in error[0] and "Traceback" not in proc.stderr
     lines = script.read_text().splitlines()
     for flag in ("--partition=gpu", "--time=60", "--gpus-per-task=1", "--cpus-per-task=8", "--mem=32GB",
-                 "--ntasks-per-node=1", "--array=0-1%2"):  # two trials, both at once
+                 "--ntasks-per-node=1"):
         assert f"#SBATCH {flag}" in lines
     assert any(line.startswith("#SBATCH --output=") and f"{tmp_path}/outputs/submitit/" in line for line in lines)
     # nothing lost: both trials are failed as interrupted, so the same command runs them again
     storage = open_storage(f"sqlite:///{tmp_path}/outputs/studies/train-regression_optuna.db")
     trials = optuna.load_study(study_name="train-regression_optuna", storage=storage).trials
-    assert [(t.state, t.user_attrs.get("interrupted")) for t in trials] == [(TrialState.FAIL, True)] * 2
+    # (a slot's submission is refused before the next slot's trial is asked: one trial or two)
+    assert 1 <= len(trials) <= 2
+    assert [(t.state, t.user_attrs.get("interrupted")) for t in trials] == [(TrialState.FAIL, True)] * len(trials)

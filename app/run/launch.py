@@ -104,11 +104,12 @@ def user_error(error: BaseException, args: list[str]) -> Any:
                            str(cause).splitlines()[0] + ", so nothing would read it")
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         text = _one_line(error).split(" Config search path:")[0]  # Hydra's search path: noise here
-        inner = error
-        while inner.__cause__ is not None or inner.__context__ is not None:
-            inner = inner.__cause__ or inner.__context__
-        why = str(inner).strip().splitlines()[0] if inner is not error and str(inner).strip() else ""
-        if why and why not in text:
+        inner, why = error, ""
+        while not why and (inner.__cause__ is not None or inner.__context__ is not None):
+            inner = inner.__cause__ or inner.__context__  # the nearest cause that adds something:
+            line = str(inner).strip().splitlines()[0] if str(inner).strip() else ""  # OmegaConf's words
+            why = line if line and line not in text else ""  # before Python's ("invalid literal ...")
+        if why:
             text += f": {why}"  # e.g. "Error merging override trainer.epochs=abc: Value 'abc' ..."
         return ConfigError("overrides", " ".join(args),
                            "overrides and config files `python -m app --help` lists", text)
