@@ -114,6 +114,8 @@ def _choices(distribution: Any) -> float:
 def sweep_pack_size(config: DictConfig, space: dict[str, Any], n_trials: int) -> tuple[int, str | None]:
     """Trials per pack job for this sweep, and the notice when packing is off for a reason (None
     for pack=false or a pack). ConfigError for a `pack` that is not auto, false or K >= 1."""
+    if config.get("trainer") is None or config.get("model") is None:  # not this app's runs
+        return 1, None
     value = config.get("pack", "auto")
     if value is False or value is None:
         return 1, None
@@ -125,7 +127,8 @@ def sweep_pack_size(config: DictConfig, space: dict[str, Any], n_trials: int) ->
 
     if config.get("seeds"):
         return 1, "seeds=[...]: a trial's seeds train one after the other (its pruner follows them in order)"
-    if type(config.hydra.launcher).__name__ == "SlurmLauncher" or "submitit" in str(config.hydra.launcher.get("_target_", "")):
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if "submitit" in launcher:
         return 1, "a SLURM launcher runs each trial as its own job"
     reason = unpackable_config(config)
     if reason is not None:

@@ -742,7 +742,8 @@ class StudySweeper(OptunaSweeperImpl):
             if self._sampler_options:
                 self.sampler = self._build(self.config.hydra.sweeper.sampler, "hydra.sweeper.sampler",
                                            **getattr(self, "_sampler_options", {}))
-        log.info("pack: up to %d trials of one model shape train together as one job", size)
+        log.info("pack: up to %d trials of one model shape train together as one job%s", size,
+                 f" (sampler {type(self.sampler).__name__} with constant_liar=True)" if self._sampler_options else "")
         return packs.Packer(self, size)
 
     def _open(self):
