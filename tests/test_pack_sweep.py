@@ -89,6 +89,12 @@ def test_shape_key_keeps_what_fixes_shapes_and_drops_per_member_settings():
     assert not per_member("trainer.batch_size")
 
 
+def test_a_bad_pack_stops_the_sweep_in_one_paragraph(run_app):
+    proc = run_app("--multirun", "hparams_search=regression_optuna", "pack=0", *FAST)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "pack" in proc.stderr and "an integer >= 1" in proc.stderr
+
+
 # ----------------------------------------------------------------------------- end to end
 def run_sweep(tmp_path, *args, timeout=300):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}

@@ -16,8 +16,9 @@ The sweep's side (`Packer`, used by `StudySweeper._run_trials`):
   alive by the sweep's heartbeat, in a queue grouped by their `shape_key`: the composed config
   without what may differ per member (seed, optimizer hyperparameters, scheduler, epochs,
   gradient clipping, validation interval, callbacks, loggers). A free slot of the pool takes the
-  largest group (at most K trials); the queue is topped up to 2 x K waiting trials, so packs form
-  even when the search varies the shape. A group of one runs as an ordinary job.
+  largest group (at most K trials); the queue is topped up to K waiting trials first (trials of a
+  shape that comes up rarely wait for others of it; the sampler, asked for at most K trials ahead,
+  keeps learning from the results). A group of one runs as an ordinary job.
 - A pack job is launched like member 0's trial (its overrides, its trial id, its run dir) plus
   `hydra.job.env_set.APP_PACK_FILE=<sweep dir>/packs/<number>.json`, listing every member's trial
   id, number, run dir and overrides. The sweeper composes each member's config, as the launcher
@@ -199,11 +200,11 @@ class Packer:
     def next_packs(self, study: Any, slots: int, askable: int, space: dict, fixed: dict,
                    fixed_overrides: list[str]) -> Iterator[tuple[list[Any], list[str]]]:
         """For each of `slots` free slots: the members (trials) of the next pack and its job's
-        overrides (without the trial id). Asks the sampler for more trials first, up to 2 x K
-        waiting, while the largest group is smaller than K."""
+        overrides (without the trial id). Asks the sampler for more trials first, up to K
+        waiting: more would leave the sampler without the results of most trials."""
         for _ in range(slots):
-            while askable > 0 and len(self.waiting) < 2 * self.size and self._largest() < self.size:
-                count = min(self.size, askable, 2 * self.size - len(self.waiting))
+            if askable > 0 and len(self.waiting) < self.size:
+                count = min(askable, self.size - len(self.waiting))
                 trials = self.sweeper._ask(study, count)
                 askable -= count
                 if trials:

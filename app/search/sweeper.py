@@ -27,6 +27,9 @@ plugin's search-space parsing, trial configuration and launcher, and changes the
   `max_retries` times. Any other launcher gets one `launch([job])` per free slot, from a thread.
 - With a parallel launcher and several GPUs, a starting trial gets a `device.index` that no
   running trial uses (round-robin).
+- Packs (`pack=auto|K`, app/search/packs.py): trials of one model shape are asked several at a
+  time and train together as one job, each member a real trial told from its own run dir;
+  `pack=false`: one trial per job.
 - Several directions (a list `trainer.monitor`): as many as the monitored metrics; no pruning
   (Optuna cannot prune multi-objective studies); `optimization_results.yaml` lists the Pareto front.
 """
@@ -760,7 +763,9 @@ class StudySweeper(OptunaSweeperImpl):
         Compared: the command's overrides, the search space, the fixed parameters, the monitored
         metrics (wherever they were set) and the study's directions."""
         search = {
-            "overrides": sorted(str(o) for o in self.config.hydra.overrides.task),
+            # `pack` changes how trials are trained together, not what they compute: not compared
+            "overrides": sorted(str(o) for o in self.config.hydra.overrides.task
+                                if str(o).split("=")[0].lstrip("+~") != "pack"),
             "search_space": {name: repr(d) for name, d in sorted(space.items())},
             "fixed": {name: str(v) for name, v in sorted(fixed.items())},
             "monitor": self._monitor(),
