@@ -85,12 +85,13 @@ def packed(overrides: list[list[str]], size: int, bests: list[float]) -> None:
             bests.extend(result.best for result in PackedTrainer(runs).fit())
 
 
-def sweep(pack: str, trials: int, epochs: int, n_samples: int, device: str, threads: int | None) -> tuple[float, float]:
+def sweep(pack: str, trials: int, epochs: int, n_samples: int, device: str, threads: int | None,
+          seed: int = 0) -> tuple[float, float]:
     """Rows 2 and 3: the preset's TPE search as `python -m app --multirun` with `pack=<pack>`, in
     a fresh directory; its wall time in seconds and the best val_loss it found."""
     args = ["--multirun", "hparams_search=regression_optuna", f"hydra.sweeper.n_trials={trials}",
             f"pack={pack}", f"trainer.epochs={epochs}", f"data.n_samples={n_samples}", "logger=none",
-            f"device={device}", "trainer.progress_bar=false", "trainer.log_every=0", "hydra.sweeper.sampler.seed=0",
+            f"device={device}", "trainer.progress_bar=false", "trainer.log_every=0", f"hydra.sweeper.sampler.seed={seed}",
             *([f"trainer.threads={threads}"] if threads else [])]
     with tempfile.TemporaryDirectory() as root:
         started = time.perf_counter()
@@ -104,7 +105,7 @@ def sweep(pack: str, trials: int, epochs: int, n_samples: int, device: str, thre
         [results] = glob.glob(f"{root}/outputs/sweeps/*/*/optimization_results.yaml")
         best = OmegaConf.load(results).best_value
         packs = proc.stdout.count("pack of") + proc.stderr.count("pack of")
-    print(f"sweep pack={pack}: {trials} trials in {seconds:.1f} s, {packs} packs, best val_loss {best}")
+    print(f"sweep pack={pack} seed={seed}: {trials} trials in {seconds:.1f} s, {packs} packs, best val_loss {best}")
     return seconds, float(best) if best is not None else float("nan")
 
 
@@ -114,9 +115,9 @@ def sweep_rows(args, n_samples: int, device) -> None:
     packs = {"one trial per job (pack=false)": "false", f"packed (pack={args.sweep_pack})": args.sweep_pack}
 
     def variant(name):
-        def sample() -> float:
+        def sample() -> float:  # repeat r of both variants: sampler seed --sweep-seed + r
             seconds, best = sweep(packs[name], args.sweep_trials, args.sweep_epochs, n_samples, device.type,
-                                  args.threads)
+                                  args.threads, args.sweep_seed + len(found[name]))
             found[name].append(best)
             return seconds
         return sample
@@ -142,7 +143,9 @@ def main() -> None:
     p.add_argument("--sweep-trials", type=int, default=64, help="rows 2-3: trials of each search")
     p.add_argument("--sweep-epochs", type=int, default=100, help="rows 2-3: epochs per trial")
     p.add_argument("--sweep-pack", default="auto", help="rows 2-3: pack= of the packed search")
-    p.add_argument("--sweep-repeats", type=int, default=1, help="rows 2-3: timed sweeps per variant")
+    p.add_argument("--sweep-repeats", type=int, default=1, help="rows 2-3: timed sweeps per variant (sampler "
+                   "seeds --sweep-seed, --sweep-seed + 1, ...: row 3 is the median best over them)")
+    p.add_argument("--sweep-seed", type=int, default=0, help="rows 2-3: the first repeat's sampler seed")
     args = p.parse_args()
     rows_wanted = {int(r) for r in args.rows.split(",") if r.strip()}
     if args.quick:
