@@ -20,7 +20,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from app.errors import ConfigError
-from app.search.packs import CPU_AUTO, per_member, shape_key, sweep_pack_size
+from app.search.packs import CPU_AUTO, cuda_pack_limit, per_member, shape_key, sweep_pack_size
 from tests.conftest import CONF, FAST
 
 STUDY = "train-regression_optuna"
@@ -234,3 +234,26 @@ def test_a_killed_packed_sweep_resumes_and_retries_its_members(tmp_path):
         assert t.params == trials[t.user_attrs["retry_of"]].params
         assert json.loads((sweep_dirs(tmp_path)[-1] / str(t.number) / "summary.json").read_text())[
             "status"] == "completed"
+
+
+# ----------------------------------------------------------------------------- CUDA (skipped without)
+def test_pack_auto_is_not_split_by_memory_off_cuda(compose_cfg):
+    assert cuda_pack_limit(compose_cfg("device=cpu", "data.n_samples=400"), 16) == 16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pack_auto_on_cuda_fits_the_free_memory(compose_cfg):
+    small = cuda_pack_limit(compose_cfg("device=cuda", "data.n_samples=400"), 10**9)
+    large = cuda_pack_limit(compose_cfg("device=cuda", "data.n_samples=400", "model.nodes=2048",
+                                        "model.layers=6"), 10**9)
+    assert 1 <= large < small < 10**9  # a bigger model: fewer members fit
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_packed_sweep_on_cuda(tmp_path):
+    args = [a if a != "device=cpu" else "device=cuda" for a in SEARCH]
+    log = run_sweep(tmp_path, *args, "hydra.sweeper.n_trials=4", "optimizer.lr=tag(log,interval(1e-3,3e-2))")
+    assert "pack of 4 runs" in log and torch.cuda.get_device_name(0) in log  # pack=auto: one pack of four
+    trials = load(tmp_path).trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE and math.isfinite(t.value) for t in trials)
