@@ -236,6 +236,43 @@ def test_a_killed_packed_sweep_resumes_and_retries_its_members(tmp_path):
             "status"] == "completed"
 
 
+
+@pytest.mark.slow
+def test_a_dead_worker_fails_and_retries_only_its_packs_members(tmp_path):
+    # joblib: two worker processes, a pack in each; the worker of the pack led by trial 0 (storage
+    # id 1) is SIGKILLed by app/run/faults.py after its 3rd training batch
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true",
+           "APP_TEST_KILL_AT": "batch:3", "APP_TEST_KILL_TRIAL_ID": "1"}
+    args = [*SEARCH, "pack=2", "hydra.sweeper.n_trials=4", "optimizer.lr=tag(log,interval(1e-3,1e-2))",
+            "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
+    proc = subprocess.run([sys.executable, "-m", "app", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = load(tmp_path).trials
+    packs = {tuple(m["number"] for m in members) for members in pack_files(sweep_dirs(tmp_path)[0])}
+    assert (0, 1) in packs and (2, 3) in packs
+    for killed in trials[:2]:
+        assert killed.state == TrialState.FAIL and "killed by signal 9" in killed.user_attrs["reason"]
+        assert killed.user_attrs["worker_died"] is True and killed.user_attrs["interrupted"] is True
+    assert [t.state for t in trials[2:4]] == [TrialState.COMPLETE] * 2  # the other pack went on
+    retries = [t for t in trials if t.user_attrs.get("retry_of") is not None]
+    assert sorted(t.user_attrs["retry_of"] for t in retries) == [0, 1]
+    assert all(t.state == TrialState.COMPLETE and t.params == trials[t.user_attrs["retry_of"]].params
+               for t in retries)
+    assert len(trials) == 6 and sum(t.state == TrialState.COMPLETE for t in trials) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pack", ["pack=false", "pack=auto"])
+def test_a_comma_grid_runs_one_job_per_point_as_before(tmp_path, pack):
+    # Hydra's basic sweeper: `pack` packs no grid points (only each job's seeds)
+    log = run_sweep(tmp_path, "--multirun", "optimizer.lr=0.001,0.01", "model.nodes=8,16", pack, *FAST)
+    [sweep_dir] = sweep_dirs(tmp_path)
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    assert "pack of" not in log and "pack:" not in log
+    for job in range(4):
+        assert json.loads((sweep_dir / str(job) / "summary.json").read_text())["status"] == "completed"
+
 # ----------------------------------------------------------------------------- CUDA (skipped without)
 def test_pack_auto_is_not_split_by_memory_off_cuda(compose_cfg):
     assert cuda_pack_limit(compose_cfg("device=cpu", "data.n_samples=400"), 16) == 16
