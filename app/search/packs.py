@@ -34,6 +34,7 @@ build fails alone; members that cannot be vectorized train one after the other.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -346,6 +347,9 @@ def run_pack_job(cfg: DictConfig, run_dir: Path, trial: Any) -> Any:
     for i, member in enumerate(plan):
         member_dir = Path(member["run_dir"])
         member_cfg = cfg if i == 0 else OmegaConf.load(member_dir / ".hydra" / "config.yaml")
+        if i and cfg.get("device") is not None:  # the GPU the sweeper gave this job (device.index)
+            with open_dict(member_cfg):
+                member_cfg.device = copy.deepcopy(cfg.device)
         resolve_mode(member_cfg)
         member_trial = OptunaTrial(study, int(member["trial_id"]))
         member_trial.set_user_attr("run_dir", str(member_dir))
@@ -400,8 +404,6 @@ def _member_overrides(overrides: list[str]) -> Iterator[None]:
     """HydraConfig's task overrides set to a member's while it is executed alone (execute records
     them in its provenance.json)."""
     from hydra.core.hydra_config import HydraConfig
-
-    import copy
 
     instance = HydraConfig.instance()
     before = instance.cfg
