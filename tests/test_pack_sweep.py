@@ -20,7 +20,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from app.errors import ConfigError
-from app.search.packs import CPU_AUTO, cuda_pack_limit, per_member, shape_key, sweep_pack_size
+from app.search.packs import CPU_AUTO, cuda_pack_limit, per_member, sampler_options, shape_key, sweep_pack_size
 from tests.conftest import CONF, FAST
 
 STUDY = "train-regression_optuna"
@@ -75,6 +75,12 @@ def test_pack_size_follows_pack_and_the_search_space():
         with pytest.raises(ConfigError, match="pack"):
             sweep_pack_size(sweep_cfg(bad), {}, 8)
 
+
+
+def test_a_packed_tpe_search_gets_the_constant_liar_unless_the_command_sets_it():
+    assert sampler_options(sweep_cfg()) == {"constant_liar": True}
+    assert sampler_options(sweep_cfg("hydra.sweeper.sampler.constant_liar=false")) == {}
+    assert sampler_options(sweep_cfg("hydra/sweeper/sampler=random")) == {}
 
 def test_shape_key_keeps_what_fixes_shapes_and_drops_per_member_settings():
     base = shape_key(sweep_cfg())
