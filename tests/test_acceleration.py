@@ -2,6 +2,7 @@
 cuda_graph; their validation; no per-step host sync. GPU-only cases are in test_gpu.py."""
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -119,7 +120,7 @@ def test_defaults_keep_plain_float32_training(compose_cfg):
     validate(cfg)
     t = cfg.trainer
     assert (t.precision, t.compile, t.cuda_graph, t.grad_clip, t.accumulate_grad_batches,
-            t.matmul_precision, t.pin_memory) == ("32", False, False, 0.0, 1, "highest", True)
+            t.matmul_precision, t.pin_memory) == ("32", False, "auto", 0.0, 1, "highest", True)
     assert OmegaConf.select(compose_cfg("trainer.precision=32"), "trainer.precision") == "32"
 
 
@@ -251,13 +252,34 @@ def test_compile_fallback_does_not_hide_model_errors(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- cuda_graph, syncs
-def test_cuda_graph_on_cpu_warns_and_trains_eagerly():
+def test_cuda_graph_auto_on_cpu_trains_eagerly_and_true_is_refused(caplog):
     batches = SizedBatches(regression_batches([8, 8]).batches)
-    with pytest.warns(RuntimeWarning, match="cuda_graph needs a CUDA device"):
-        trainer, result = fit(mlp(), batches, cuda_graph=True)
+    with caplog.at_level(logging.INFO, logger="app"):
+        trainer, result = fit(mlp(), batches, cuda_graph="auto")
+    assert not [r for r in caplog.records if "cuda_graph" in r.getMessage()]  # nothing to say off CUDA
     _, reference = fit(mlp(), batches)
     assert trainer.graphed is None
     assert result.last_metrics["val_loss"] == reference.last_metrics["val_loss"]
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device, not cpu"):
+        fit(mlp(), batches, cuda_graph=True)
+    with pytest.raises(ConfigError, match="`trainer.cuda_graph`: True.*auto or false on cpu"):
+        check_device_options("32", CPU, True)
+    check_device_options("32", CPU, "auto")
+
+
+def test_cuda_graph_decision_says_why_auto_turns_graphs_off():
+    from app.train.acceleration import cuda_graph_decision
+
+    cuda = torch.device("cuda")
+    assert cuda_graph_decision("auto", cuda) == (True, None)
+    assert cuda_graph_decision(False, cuda) == (False, None)
+    assert cuda_graph_decision("auto", CPU) == (False, None)
+    use, why = cuda_graph_decision("auto", cuda, "16-mixed")
+    assert not use and "16-mixed" in why
+    use, why = cuda_graph_decision("auto", cuda, "32", distributed=True)
+    assert not use and "several processes" in why
+    with pytest.raises(ValueError, match="16-mixed"):
+        cuda_graph_decision(True, cuda, "16-mixed")
 
 
 @pytest.mark.parametrize("options", [
