@@ -165,11 +165,17 @@ def test_best_pt_follows_last_pt_and_is_never_ahead_of_it(tmp_path):
     trainer, checkpoint, train, val = make_run(tmp_path, epochs=4, every=100)  # only improvements and the end
     seen = []
 
+    def epochs():  # best.pt read first: a write between the two reads only moves last.pt on
+        best = torch.load(checkpoint.best_path, weights_only=True)["epoch"] if checkpoint.best_path.exists() else 0
+        last = torch.load(checkpoint.last_path, weights_only=True)["epoch"] if checkpoint.last_path.exists() else 0
+        return last, best
+
     class Watch(Callback):
         def on_epoch_end(self, trainer, metrics):
-            last = torch.load(checkpoint.last_path, weights_only=True)["epoch"] if checkpoint.last_path.exists() else 0
-            best = torch.load(checkpoint.best_path, weights_only=True)["epoch"] if checkpoint.best_path.exists() else 0
-            seen.append((trainer.improved, last, best))
+            last, best = epochs()  # while the background write may be under way
+            assert best <= last
+            checkpoint.flush()  # the write of this epoch, on disk
+            seen.append((trainer.improved, *epochs()))
 
     trainer.callbacks.append(Watch())
     trainer.fit(train, val)

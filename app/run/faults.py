@@ -103,12 +103,24 @@ def before_write(path: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
 
 
-def before_checkpoint_write(obj: Any, file: BinaryIO) -> None:
-    """Called by `atomic_save` with its open temp file: at the configured write, put the first
-    half of the serialized checkpoint in the file, flush it to disk, and die (`checkpoint_write`),
-    or fail as a full disk would (`disk_full`)."""
-    before_write(file.name)
-    if not _reached("checkpoint_write"):
+def checkpoint_write_plan() -> str | None:
+    """Count one checkpoint write at the `disk_full` and `checkpoint_write` points, on the thread
+    that asks for the write (so the count follows the run's order of writes, wherever the write
+    itself then happens): "disk_full", "kill" or None, for `apply_checkpoint_plan`."""
+    if _reached("disk_full"):
+        return "disk_full"
+    if _reached("checkpoint_write"):
+        return "kill"
+    return None
+
+
+def apply_checkpoint_plan(plan: str | None, obj: Any, file: BinaryIO) -> None:
+    """Called by `atomic_save` with its open temp file and the write's plan: fail as a full disk
+    would ("disk_full"), or put the first half of the serialized checkpoint in the file, flush it
+    to disk, and die ("kill")."""
+    if plan == "disk_full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), file.name)
+    if plan != "kill":
         return
     buffer = io.BytesIO()
     import torch
@@ -118,3 +130,8 @@ def before_checkpoint_write(obj: Any, file: BinaryIO) -> None:
     file.flush()
     os.fsync(file.fileno())
     _kill()
+
+
+def before_checkpoint_write(obj: Any, file: BinaryIO) -> None:
+    """Plan and apply in one go (a write made where it is asked for)."""
+    apply_checkpoint_plan(checkpoint_write_plan(), obj, file)
