@@ -150,6 +150,13 @@ class CheckpointWriter:
             error, job.error = job.error, None
             raise error
 
+    def drain(self) -> None:
+        """Block until every write submitted so far is done (their errors stay for `wait`)."""
+        with self._lock:
+            jobs = list(self._pending.values())
+        for job in jobs:
+            job.done.wait()
+
     def pending(self, key: str) -> bool:
         with self._lock:
             return key in self._pending

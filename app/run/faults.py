@@ -82,11 +82,22 @@ class _KillingBatches:
 
     def __iter__(self) -> Iterator[Any]:
         if _reached("epoch_start"):
-            _kill()
+            _kill_settled()
         for batch in self.inner:
             yield batch
             if _reached("batch"):  # the trainer has taken this batch's step and asks for the next
-                _kill()
+                _kill_settled()
+
+
+def _kill_settled() -> None:
+    """Kill, once the checkpoint writes already asked for are on disk: checkpoints are written on
+    a background thread, and a kill that raced them would leave last.pt at one epoch or another
+    from one test run to the next (either is a valid checkpoint; `checkpoint_write` is the point
+    that kills during a write)."""
+    from app.callbacks.checkpoint import WRITER
+
+    WRITER.drain()
+    _kill()
 
 
 def wrap_train_batches(batches: Any) -> Any:
