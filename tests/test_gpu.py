@@ -191,7 +191,8 @@ def test_cuda_graph_auto_turns_graphs_off_for_batches_that_keep_changing_shape(c
 
         def __iter__(self):
             self.epoch += 1
-            x, y = data(300)
+            split = data(300)
+            x, y = split.x, split.y
             size = 10 + self.epoch
             for start in range(0, 300, size):
                 yield x[start:start + size].cuda(), y[start:start + size].cuda()
