@@ -300,3 +300,68 @@ def test_unreadable_last_pt_is_reported_not_loaded(tmp_path):
     checkpoint.last_path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read"):
         checkpoint.restore(trainer, train)
+
+
+# ----------------------------------------------------------------------------- background writes
+def test_a_failed_background_write_surfaces_on_the_training_thread_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """Epoch 2's last.pt fails on the writer thread as a full disk would: the error reaches the
+    training thread at its next checkpoint (epoch 3's), the temp file is gone, last.pt still
+    holds epoch 1, and a resume continues from there."""
+    import errno
+    import threading
+
+    from app.run.record import disk_full
+
+    trainer, checkpoint, train, val = make_run(tmp_path, epochs=4, extra=())
+    real_save = torch.save
+    writes = []
+
+    def save(obj, f, *args, **kwargs):
+        writes.append((obj.get("epoch") if isinstance(obj, dict) else None, threading.current_thread().name))
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f.name)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError) as raised:
+        trainer.fit(train, val)
+    assert disk_full(raised.value) is not None
+    assert trainer.epoch == 3  # surfaced at epoch 3's checkpoint, before it was written
+    assert [w for w in writes] == [(1, "checkpoint-writer"), (2, "checkpoint-writer")]
+    assert not list(checkpoint.directory.glob(".*.tmp"))  # the failed write's temp file was removed
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(checkpoint.last_path, weights_only=True)["epoch"] == 1
+    fresh, checkpoint, train, _ = make_run(tmp_path, epochs=4)
+    assert checkpoint.restore(fresh, train)["epoch"] == 1
+
+
+def test_background_and_synchronous_checkpoints_hold_the_same_state(tmp_path):
+    states = []
+    for background in (True, False):
+        trainer, checkpoint, train, val = make_run(tmp_path / str(background), epochs=3)
+        checkpoint.background = background
+        trainer.fit(train, val)  # returns with the writes on disk
+        states.append(torch.load(checkpoint.last_path, weights_only=True))
+    a, b = states
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key])
+    for (pa, sa), (pb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+        for name in sa:
+            assert torch.equal(sa[name], sb[name]), name
+    for metrics_a, metrics_b in zip(a["trainer"]["history"], b["trainer"]["history"]):
+        assert {k: v for k, v in metrics_a.items() if k not in TIMING_METRICS} == \
+               {k: v for k, v in metrics_b.items() if k not in TIMING_METRICS}
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def test_the_snapshot_is_a_copy_training_cannot_change():
+    weights = torch.ones(3)
+    state = {"model": {"w": weights, "tied": weights}, "history": [{"loss": 1.0}], "steps": (torch.zeros(1),)}
+    copy = checkpoint_module.snapshot(state)
+    weights.add_(1)
+    state["history"][0]["loss"] = 2.0
+    assert torch.equal(copy["model"]["w"], torch.ones(3)) and copy["history"][0]["loss"] == 1.0
+    assert copy["model"]["w"] is copy["model"]["tied"]  # shared stays shared
+    assert isinstance(copy["steps"], tuple)
