@@ -19,6 +19,7 @@ same number of processes.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -70,7 +71,10 @@ def atomic_save(obj: Any, path: Path, plan: Any = _UNPLANNED) -> None:
     try:
         with open(tmp, "wb") as f:
             faults.apply_checkpoint_plan(plan, obj, f)
-            torch.save(obj, f)
+            if isinstance(obj, (bytes, bytearray, memoryview)):  # serialized already (`serialize`)
+                f.write(obj)
+            else:
+                torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -81,25 +85,11 @@ def atomic_save(obj: Any, path: Path, plan: Any = _UNPLANNED) -> None:
     _sync_directory(path.parent)
 
 
-def snapshot(obj: Any, memo: dict[int, Any] | None = None) -> Any:
-    """A copy of a checkpoint's state that training can no longer change: every tensor copied
-    to the CPU (bit for bit; tensors shared within `obj` stay shared), containers rebuilt,
-    everything else (numbers, strings, None: immutable) as is."""
-    memo = {} if memo is None else memo
-    if id(obj) in memo:
-        return memo[id(obj)]
-    if isinstance(obj, torch.Tensor):
-        copy = obj.detach().to("cpu", copy=True)
-    elif isinstance(obj, dict):
-        copy = type(obj)((key, snapshot(value, memo)) for key, value in obj.items())
-    elif isinstance(obj, list):
-        copy = [snapshot(value, memo) for value in obj]
-    elif isinstance(obj, tuple):
-        copy = tuple(snapshot(value, memo) for value in obj)
-    else:
-        return obj
-    memo[id(obj)] = copy
-    return copy
+def serialize(obj: Any) -> memoryview:
+    """`obj` as the bytes torch.save writes: a copy training can no longer change."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
 
 
 class CheckpointWriter:
@@ -284,9 +274,12 @@ class Checkpoint(Callback):
         if not self.background:
             self._write(self.state(trainer, metrics), improved, due, epoch)
             return
-        # On the training thread: copy the state (cheap on the models this matters for) and
-        # count the write's test-only fault point; serializing and writing go to the writer.
-        state = snapshot(self.state(trainer, metrics))
+        # On the training thread: serialize the state to memory (a copy training cannot change)
+        # and count the write's test-only fault point; writing and fsyncing go to the writer.
+        # Serializing is pickling, which holds the GIL: on a second thread it slowed training
+        # down more than it saved (benchmarks/README.md, checkpoints); the file write and the
+        # fsync, the larger part, release it.
+        state = serialize(self.state(trainer, metrics))
         plan = faults.checkpoint_write_plan()
         WRITER.submit(self._key, lambda: self._write(state, improved, due, epoch, plan), plan)
 

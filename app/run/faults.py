@@ -133,11 +133,15 @@ def apply_checkpoint_plan(plan: str | None, obj: Any, file: BinaryIO) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), file.name)
     if plan != "kill":
         return
-    buffer = io.BytesIO()
-    import torch
+    if isinstance(obj, (bytes, bytearray, memoryview)):  # already serialized
+        data = bytes(obj)
+    else:
+        buffer = io.BytesIO()
+        import torch
 
-    torch.save(obj, buffer)
-    file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        torch.save(obj, buffer)
+        data = buffer.getvalue()
+    file.write(data[: len(data) // 2])
     file.flush()
     os.fsync(file.fileno())
     _kill()
