@@ -15,7 +15,8 @@ Lightning's Trainer on the same work is a reference row when `lightning` is inst
 `--checkpoints` measures instead what a per-epoch checkpoints/last.pt costs the default task's
 epoch (app.callbacks.Checkpoint, every epoch): seconds per epoch of the Trainer without
 checkpoints, with last.pt written on the training thread (`background=False`) and written on
-the background writer (the default), in one run, alternating; the last line's ratio is
+the background writer (the default: pickled to memory on the training thread, written and
+fsynced on the writer), and on the writer with the pickling there too, in one run, alternating; the last line's ratio is
 background s/epoch over no-checkpoint s/epoch (target <= 1.25: writes no longer dominate), and a
 line before it gives sync over background.
 
@@ -160,13 +161,14 @@ def checkpoints(device, epochs: int, repeats: int, quick: bool) -> None:
     workload = Workload(DEFAULT_TASK.name, nodes=DEFAULT_TASK.nodes, n_samples=1000) if quick else DEFAULT_TASK
     total = epochs * (repeats + 1)
     root = Path(tempfile.mkdtemp(prefix="overhead-checkpoints-"))
-    variants = {"no checkpoints": None, "last.pt each epoch, on the training thread": False,
-                "last.pt each epoch, background writer": True}
+    variants = {"no checkpoints": None, "last.pt each epoch, on the training thread": (False, False),
+                "last.pt each epoch, background writer": (True, False),
+                "last.pt each epoch, background writer pickling too": (True, True)}
     trainers = {}
-    for i, (name, background) in enumerate(variants.items()):
+    for i, (name, mode) in enumerate(variants.items()):
         model, optimizer, scheduler, train, val = build(workload, device, total)
-        callbacks = [] if background is None else [Checkpoint(root / str(i), every=1, keep_last_k=0,
-                                                              background=background)]
+        callbacks = [] if mode is None else [Checkpoint(root / str(i), every=1, keep_last_k=0, background=mode[0],
+                                                        serialize_in_background=mode[1])]
         trainer = Trainer(model, optimizer, REGRESSION, device=device, epochs=0, scheduler=scheduler,
                           callbacks=callbacks, grad_norm_every=8, cuda_graph="auto")
         trainers[name] = (trainer, train, val)
@@ -190,7 +192,7 @@ def checkpoints(device, epochs: int, repeats: int, quick: bool) -> None:
     rows = [[name, device.type, epochs, median(samples[name]), f"{median(samples[name]) / base:.3f}",
              spread(samples[name])] for name in samples]
     table(["variant", "device", "epochs/sample", "s/epoch (median)", "vs no checkpoints", "IQR"], rows)
-    sync, background = (median(samples[n]) for n in list(variants)[1:])
+    sync, background, _ = (median(samples[n]) for n in list(variants)[1:])
     print(f"{repeats} alternating samples per variant; losses {'identical' if same else 'DIFFER'}")
     print(f"sync / background s/epoch = {sync / background:.3f}")
     finish(background / base, CHECKPOINT_TARGET)

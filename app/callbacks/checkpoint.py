@@ -92,6 +92,24 @@ def serialize(obj: Any) -> memoryview:
     return buffer.getbuffer()
 
 
+def _copied(obj: Any, memo: dict[int, Any] | None = None) -> Any:
+    """A copy of a checkpoint's state training can no longer change: tensors copied to the CPU
+    (shared ones stay shared), containers rebuilt, the rest (immutable) as is."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, torch.Tensor):
+        copy = obj.detach().to("cpu", copy=True)
+    elif isinstance(obj, dict):
+        copy = {key: _copied(value, memo) for key, value in obj.items()}
+    elif isinstance(obj, (list, tuple)):
+        copy = type(obj)(_copied(value, memo) for value in obj)
+    else:
+        return obj
+    memo[id(obj)] = copy
+    return copy
+
+
 class CheckpointWriter:
     """Writes checkpoints on one background thread, so that serializing and fsyncing them does
     not hold up training (on small models, a per-epoch last.pt took longer than the epoch).
@@ -230,11 +248,15 @@ class Checkpoint(Callback):
     it is absolute. Options and their defaults: conf/callbacks/checkpoint.yaml."""
 
     def __init__(self, directory: str | Path, every: int, keep_last_k: int, *,
-                 run_dir: str | Path | None = None, background: bool = True) -> None:
+                 run_dir: str | Path | None = None, background: bool = True,
+                 serialize_in_background: bool = False) -> None:
         self.directory = Path(run_dir) / directory if run_dir is not None else Path(directory)
         self.every = every
         self.keep_last_k = keep_last_k
         self.background = background
+        # Also pickle on the writer thread (a copy of the state is made here instead): measured
+        # by benchmarks/overhead.py --checkpoints against the default, pickling here.
+        self.serialize_in_background = serialize_in_background
         self.last_path = self.directory / "last.pt"
         self.best_path = self.directory / "best.pt"
         # What a trained model needs to be used (app.run.load.inference_record): set by the
@@ -279,7 +301,8 @@ class Checkpoint(Callback):
         # Serializing is pickling, which holds the GIL: on a second thread it slowed training
         # down more than it saved (benchmarks/README.md, checkpoints); the file write and the
         # fsync, the larger part, release it.
-        state = serialize(self.state(trainer, metrics))
+        state = self.state(trainer, metrics)
+        state = _copied(state) if self.serialize_in_background else serialize(state)
         plan = faults.checkpoint_write_plan()
         WRITER.submit(self._key, lambda: self._write(state, improved, due, epoch, plan), plan)
 
