@@ -253,6 +253,8 @@ class PackedTrainer:
             parts.append(self._eval_sums(self.runs[self.rows[active[0]]].val))
         values = torch.cat(parts, dim=1).tolist()  # the one host read of the epoch
         seconds = self.clock.seconds()
+        # Once for the pack (torch.cuda.memory_stats is not cheap, and the pack shares the device).
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
         for row in active:
             run = self.runs[self.rows[row]]
             trainer = run.trainer
@@ -262,7 +264,7 @@ class PackedTrainer:
                 names = ["val_loss", *(f"val_{name}" for name in self.task.metrics)]
                 val_samples = run.val.num_samples
                 metrics.update({name: v / val_samples for name, v in zip(names, values[row][3:])})
-            metrics.update(self._health(trainer, values[row], measured[row], num_samples, seconds))
+            metrics.update(self._health(trainer, values[row], measured[row], num_samples, seconds, peak))
             metrics["epoch_time"] = time.perf_counter() - started
             self._write_member(row)
             _end_epoch(trainer, metrics)
@@ -410,7 +412,7 @@ class PackedTrainer:
         return sums
 
     def _health(self, trainer: Any, values: list[float], measured: int, num_samples: int,
-                seconds: float) -> dict[str, float]:
+                seconds: float, peak: float | None) -> dict[str, float]:
         """The member's learning rates and training health, as `Trainer` reports them."""
         metrics = {"lr": trainer.optimizer.param_groups[0]["lr"]}
         if trainer.track_grad_norm and measured:
@@ -418,8 +420,8 @@ class PackedTrainer:
             metrics["grad_norm_max"] = values[2]
         if seconds > 0:
             metrics["samples_per_s"] = num_samples / seconds
-        if self.device.type == "cuda":
-            metrics["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if peak is not None:
+            metrics["peak_memory_mib"] = peak
         return metrics
 
     def _finish(self, i: int) -> None:
