@@ -56,6 +56,18 @@ def test_benchmark_script_runs_and_ends_with_its_ratio(script):
     assert any(line.startswith("| ") for line in lines)  # the table
 
 
+def test_checkpoint_benchmark_runs_and_ends_with_its_ratio():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick", "--device", "cpu",
+                           "--threads", "1", "--checkpoints"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("ratio=") and " target=1.25" in lines[-1]
+    assert any(line.startswith("| last.pt each epoch, background writer |") for line in lines)
+    assert "losses identical" in proc.stdout  # every variant trained the same numbers
+
+
 def test_async_sweep_benchmark_runs_and_ends_with_its_ratio():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "async_sweep.py"), "--quick"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
