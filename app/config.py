@@ -48,7 +48,7 @@ class TrainerConf:
     pin_memory: bool = MISSING  # host-resident data on CUDA: pinned memory, asynchronous copies
     precision: str = MISSING  # 32 | bf16-mixed | 16-mixed (autocast; 16-mixed adds a GradScaler)
     compile: bool = MISSING  # torch.compile the model (falls back to eager with a warning)
-    cuda_graph: bool = MISSING  # replay the training step as CUDA graphs (CUDA only)
+    cuda_graph: Any = MISSING  # auto | true | false: replay the training step as CUDA graphs (CUDA only)
     grad_clip: float = MISSING  # clip the gradients' global L2 norm to this; 0: off
     accumulate_grad_batches: int = MISSING  # optimizer step every N batches (loss divided by N)
     matmul_precision: str = MISSING  # highest | high (TF32) | medium: float32 matmuls
@@ -544,10 +544,13 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
     _positive_int(cfg, "trainer.devices")
     _check(_finite(t.ddp_timeout) and t.ddp_timeout > 0, "trainer.ddp_timeout", t.ddp_timeout,
            "a number of seconds > 0")
-    _check(not (t.cuda_graph and t.devices > 1), "trainer.cuda_graph", t.cuda_graph,
-           "false with trainer.devices > 1",
+    _check(isinstance(t.cuda_graph, bool) or t.cuda_graph == "auto", "trainer.cuda_graph", t.cuda_graph,
+           "auto (CUDA graphs wherever they apply), true (required: an error where they cannot be "
+           "used) or false")
+    _check(not (t.cuda_graph is True and t.devices > 1), "trainer.cuda_graph", t.cuda_graph,
+           "auto or false with trainer.devices > 1",
            "DistributedDataParallel all-reduces gradients outside a captured CUDA graph")
-    _check(not (t.cuda_graph and str(t.precision) == "16-mixed"), "trainer.precision", t.precision,
+    _check(not (t.cuda_graph is True and str(t.precision) == "16-mixed"), "trainer.precision", t.precision,
            "32 or bf16-mixed with trainer.cuda_graph=true",
            "the GradScaler of 16-mixed decides on the host whether to step, which a CUDA graph cannot replay")
 

@@ -11,6 +11,16 @@ Lightning's Trainer on the same work is a reference row when `lightning` is inst
 
     python benchmarks/overhead.py               # cuda if available, else cpu
     python benchmarks/overhead.py --device cpu
+
+`--checkpoints` measures instead what a per-epoch checkpoints/last.pt costs the default task's
+epoch (app.callbacks.Checkpoint, every epoch): seconds per epoch of the Trainer without
+checkpoints, with last.pt written on the training thread (`background=False`) and written on
+the background writer (the default: pickled to memory on the training thread, written and
+fsynced on the writer), and on the writer with the pickling there too, in one run, alternating; the last line's ratio is
+background s/epoch over no-checkpoint s/epoch (target <= 1.25: writes no longer dominate), and a
+line before it gives sync over background.
+
+    python benchmarks/overhead.py --device cpu --threads 1 --checkpoints
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ from app.train.trainer import Trainer  # noqa: E402
 from baselines import HandWrittenLoop  # noqa: E402
 
 TARGET = 1.03
+CHECKPOINT_TARGET = 1.25
 REGRESSION = TASKS["regression"]
 
 
@@ -140,13 +151,66 @@ def lightning_reference(workload: Workload, device, epochs: int, repeats: int) -
     return median(times[epochs:])  # the first `epochs` epochs are warm-up
 
 
+def checkpoints(device, epochs: int, repeats: int, quick: bool) -> None:
+    """s/epoch without checkpoints, with synchronous and with background last.pt writes."""
+    import tempfile
+    from pathlib import Path
+
+    from app.callbacks import Checkpoint
+
+    workload = Workload(DEFAULT_TASK.name, nodes=DEFAULT_TASK.nodes, n_samples=1000) if quick else DEFAULT_TASK
+    total = epochs * (repeats + 1)
+    root = Path(tempfile.mkdtemp(prefix="overhead-checkpoints-"))
+    variants = {"no checkpoints": None, "last.pt each epoch, on the training thread": (False, False),
+                "last.pt each epoch, background writer": (True, False),
+                "last.pt each epoch, background writer pickling too": (True, True)}
+    trainers = {}
+    for i, (name, mode) in enumerate(variants.items()):
+        model, optimizer, scheduler, train, val = build(workload, device, total)
+        callbacks = [] if mode is None else [Checkpoint(root / str(i), every=1, keep_last_k=0, background=mode[0],
+                                                        serialize_in_background=mode[1])]
+        trainer = Trainer(model, optimizer, REGRESSION, device=device, epochs=0, scheduler=scheduler,
+                          callbacks=callbacks, grad_norm_every=8, cuda_graph="auto")
+        trainers[name] = (trainer, train, val)
+
+    def run_trainer(name: str):
+        trainer, train, val = trainers[name]
+
+        def run() -> float:
+            trainer.epochs += epochs
+            return timed(lambda: trainer.fit(train, val), device) / epochs  # fit returns flushed
+
+        return run
+
+    runs = {name: run_trainer(name) for name in trainers}
+    for run in runs.values():  # warm-up
+        run()
+    samples = alternate(runs, repeats)
+    losses = {name: [h["val_loss"] for h in t.history] for name, (t, _, _) in trainers.items()}
+    same = all(v == losses["no checkpoints"] for v in losses.values())
+    base = median(samples["no checkpoints"])
+    rows = [[name, device.type, epochs, median(samples[name]), f"{median(samples[name]) / base:.3f}",
+             spread(samples[name])] for name in samples]
+    table(["variant", "device", "epochs/sample", "s/epoch (median)", "vs no checkpoints", "IQR"], rows)
+    sync, background, _ = (median(samples[n]) for n in list(variants)[1:])
+    print(f"{repeats} alternating samples per variant; losses {'identical' if same else 'DIFFER'}")
+    print(f"sync / background s/epoch = {sync / background:.3f}")
+    finish(background / base, CHECKPOINT_TARGET)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=None, help="epochs per timed sample (default 3 for "
                    "the default task, 1 for the wide MLP)")
+    p.add_argument("--checkpoints", action="store_true",
+                   help="measure per-epoch checkpoint writes (sync vs background) instead")
     args = p.parse_args()
     device = pick_device(args.device, args.threads)
     repeats = args.repeats or (3 if args.quick else 31)
+    if args.checkpoints:
+        header("Per-epoch checkpoints: on the training thread vs the background writer", device)
+        checkpoints(device, args.epochs or 3, args.repeats or (3 if args.quick else 15), args.quick)
+        return
     workloads = [(DEFAULT_TASK, args.epochs or (1 if args.quick else 3)),
                  (Workload("wide MLP (4x512)", nodes=512), args.epochs or 1)]
     if args.quick:

@@ -46,6 +46,7 @@ from app.run.build import build_run  # noqa: E402
 from app.train.packed import PackedTrainer, unpackable  # noqa: E402
 
 TARGETS = {"cpu": 2.0, "cuda": 10.0}
+GRAPHS: dict[str, tuple[bool, int]] = {}  # variant -> (CUDA graphs replayed, captures of its last fit)
 
 
 def trial_overrides(trials: int, epochs: int, n_samples: int, device: str, seed: int = 0) -> list[list[str]]:
@@ -73,6 +74,8 @@ def one_at_a_time(overrides: list[list[str]], bests: list[float]) -> None:
             [run] = build([args], Path(root))
             result = run.trainer.fit(run.train, run.val)
             bests.append(result.best)
+            graphed = run.trainer.graphed
+            GRAPHS["one at a time"] = (graphed is not None and graphed.enabled, graphed.captures if graphed else 0)
 
 
 def packed(overrides: list[list[str]], size: int, bests: list[float]) -> None:
@@ -82,7 +85,10 @@ def packed(overrides: list[list[str]], size: int, bests: list[float]) -> None:
             reason = unpackable(runs)
             if reason is not None:
                 raise SystemExit(f"these trials cannot be packed: {reason}")
-            bests.extend(result.best for result in PackedTrainer(runs).fit())
+            trainer = PackedTrainer(runs)
+            bests.extend(result.best for result in trainer.fit())
+            GRAPHS["packed"] = (trainer.use_graphs and trainer.graphed is not None and trainer.graphed.enabled,
+                                trainer.graphed.captures if trainer.graphed is not None else 0)
 
 
 def sweep(pack: str, trials: int, epochs: int, n_samples: int, device: str, threads: int | None,
@@ -183,6 +189,8 @@ def main() -> None:
                      min(finite) if finite else float("nan")])
     table(["variant", "trials", "epochs", "pack", "seconds (median)", "trials/min", "spread (IQR)",
            "best val_loss"], rows)
+    for name, (on, captures) in GRAPHS.items():
+        print(f"{name}: CUDA graphs {'on' if on else 'off'} ({captures} captures in its last fit)")
     ratio = median(rates["packed"]) / median(rates["one at a time"])
     finish(ratio, TARGETS.get(device.type, TARGETS["cpu"]), better="higher")
 

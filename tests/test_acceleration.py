@@ -2,6 +2,7 @@
 cuda_graph; their validation; no per-step host sync. GPU-only cases are in test_gpu.py."""
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -119,7 +120,7 @@ def test_defaults_keep_plain_float32_training(compose_cfg):
     validate(cfg)
     t = cfg.trainer
     assert (t.precision, t.compile, t.cuda_graph, t.grad_clip, t.accumulate_grad_batches,
-            t.matmul_precision, t.pin_memory) == ("32", False, False, 0.0, 1, "highest", True)
+            t.matmul_precision, t.pin_memory) == ("32", False, "auto", 0.0, 1, "highest", True)
     assert OmegaConf.select(compose_cfg("trainer.precision=32"), "trainer.precision") == "32"
 
 
@@ -251,13 +252,34 @@ def test_compile_fallback_does_not_hide_model_errors(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- cuda_graph, syncs
-def test_cuda_graph_on_cpu_warns_and_trains_eagerly():
+def test_cuda_graph_auto_on_cpu_trains_eagerly_and_true_is_refused(caplog):
     batches = SizedBatches(regression_batches([8, 8]).batches)
-    with pytest.warns(RuntimeWarning, match="cuda_graph needs a CUDA device"):
-        trainer, result = fit(mlp(), batches, cuda_graph=True)
+    with caplog.at_level(logging.INFO, logger="app"):
+        trainer, result = fit(mlp(), batches, cuda_graph="auto")
+    assert not [r for r in caplog.records if "cuda_graph" in r.getMessage()]  # nothing to say off CUDA
     _, reference = fit(mlp(), batches)
     assert trainer.graphed is None
     assert result.last_metrics["val_loss"] == reference.last_metrics["val_loss"]
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device, not cpu"):
+        fit(mlp(), batches, cuda_graph=True)
+    with pytest.raises(ConfigError, match="`trainer.cuda_graph`: True.*auto or false on cpu"):
+        check_device_options("32", CPU, True)
+    check_device_options("32", CPU, "auto")
+
+
+def test_cuda_graph_decision_says_why_auto_turns_graphs_off():
+    from app.train.acceleration import cuda_graph_decision
+
+    cuda = torch.device("cuda")
+    assert cuda_graph_decision("auto", cuda) == (True, None)
+    assert cuda_graph_decision(False, cuda) == (False, None)
+    assert cuda_graph_decision("auto", CPU) == (False, None)
+    use, why = cuda_graph_decision("auto", cuda, "16-mixed")
+    assert not use and "16-mixed" in why
+    use, why = cuda_graph_decision("auto", cuda, "32", distributed=True)
+    assert not use and "several processes" in why
+    with pytest.raises(ValueError, match="16-mixed"):
+        cuda_graph_decision(True, cuda, "16-mixed")
 
 
 @pytest.mark.parametrize("options", [
@@ -321,3 +343,44 @@ def test_grad_scaler_state_travels_with_the_trainer_state():
     second = trainer()
     second.load_state_dict(first.state_dict())
     assert second.scaler.get_scale() == 8.0
+
+
+def test_a_packs_graph_step_run_eagerly_on_the_cpu_equals_the_eager_pack(compose_cfg, tmp_path, monkeypatch):
+    """The step a pack captures as a CUDA graph (app/train/packed.py `_graph_step`: always
+    masked, hyperparameters and mask in device tensors updated in place, sums inside the step),
+    called directly instead of captured, trains bit for bit as the eager pack on the CPU, with
+    clipping and a member that stops early (masked, not compacted). On CUDA the captured
+    version is checked against the eager pack in tests/test_gpu.py."""
+    from app.run.build import build_run
+    from app.run.seeds import with_seed
+    from app.train import packed
+
+    class Direct:  # GraphedStep's interface, calling the step
+        def __init__(self, step, optimizer, device, required=True):
+            self.step_fn, self.enabled, self.captures = step, True, 0
+
+        def step(self, x, y, window, first, update):
+            return self.step_fn(x, y, window, first, update)
+
+    overrides = ["device=cpu", "model.nodes=16", "model.layers=2", "data.n_samples=600", "trainer.batch_size=64",
+                 "logger=none", "trainer.progress_bar=false", "~callbacks.early_stopping", "trainer.grad_clip=1.0"]
+    lrs = ["0.01", "0.003", "0.001", "0.02", "0.005"]
+
+    def pack(name):
+        return [build_run(with_seed(compose_cfg(*overrides, f"optimizer.lr={lr}",
+                                                f"trainer.epochs={2 if i == 4 else 3}"), seed), tmp_path / name / str(seed))
+                for i, (seed, lr) in enumerate(zip([1, 2, 3, 4, 5], lrs))]
+
+    eager_runs, graph_runs = pack("eager"), pack("graph")
+    packed.PackedTrainer(eager_runs).fit()
+    monkeypatch.setattr(acceleration, "GraphedStep", Direct)
+    trainer = packed.PackedTrainer(graph_runs)
+    trainer.use_graphs = True  # what cuda_graph=auto decides on CUDA
+    results = trainer.fit()
+    assert [r.epochs_run for r in results] == [3, 3, 3, 3, 2] and trainer.flat.shape[0] == 5
+    for ours, theirs in zip(graph_runs, eager_runs):
+        for a, b in zip(ours.trainer.history, theirs.trainer.history, strict=True):
+            assert [a[k] for k in ("train_loss", "val_loss", "grad_norm", "lr")] == \
+                   [b[k] for k in ("train_loss", "val_loss", "grad_norm", "lr")]
+        for p, q in zip(ours.model.parameters(), theirs.model.parameters()):
+            assert torch.equal(p, q)

@@ -172,6 +172,8 @@ CASES = [
     C("threads-0", ["trainer.threads=0"], "trainer.threads", ACCEPTED),
     C("threads-text", ["trainer.threads=many"], "trainer.threads", "many"),
     C("cuda-graph-16-mixed", ["trainer.cuda_graph=true", "trainer.precision=16-mixed"], "trainer.precision", ACCEPTED),
+    C("cuda-graph-text", ["trainer.cuda_graph=maybe"], "trainer.cuda_graph", "auto"),
+    C("cuda-graph-required-on-cpu", ["trainer.cuda_graph=true"], "trainer.cuda_graph", "auto or false on cpu"),
     C("data-on-device-text", ["trainer.data_on_device=maybe"], "trainer.data_on_device", "maybe"),
     C("unknown-trainer-key", ["++trainer.bogus=1"], "trainer.bogus", ACCEPTED),
     C("unknown-trainer-key-no-plus", ["trainer.bogus=1"], "trainer.bogus"),

@@ -3,6 +3,7 @@ best.pt / snapshot bookkeeping, and the metrics.csv rewrite on resume."""
 from __future__ import annotations
 
 import csv
+import io
 import os
 import random
 
@@ -165,11 +166,17 @@ def test_best_pt_follows_last_pt_and_is_never_ahead_of_it(tmp_path):
     trainer, checkpoint, train, val = make_run(tmp_path, epochs=4, every=100)  # only improvements and the end
     seen = []
 
+    def epochs():  # best.pt read first: a write between the two reads only moves last.pt on
+        best = torch.load(checkpoint.best_path, weights_only=True)["epoch"] if checkpoint.best_path.exists() else 0
+        last = torch.load(checkpoint.last_path, weights_only=True)["epoch"] if checkpoint.last_path.exists() else 0
+        return last, best
+
     class Watch(Callback):
         def on_epoch_end(self, trainer, metrics):
-            last = torch.load(checkpoint.last_path, weights_only=True)["epoch"] if checkpoint.last_path.exists() else 0
-            best = torch.load(checkpoint.best_path, weights_only=True)["epoch"] if checkpoint.best_path.exists() else 0
-            seen.append((trainer.improved, last, best))
+            last, best = epochs()  # while the background write may be under way
+            assert best <= last
+            checkpoint.flush()  # the write of this epoch, on disk
+            seen.append((trainer.improved, *epochs()))
 
     trainer.callbacks.append(Watch())
     trainer.fit(train, val)
@@ -294,3 +301,70 @@ def test_unreadable_last_pt_is_reported_not_loaded(tmp_path):
     checkpoint.last_path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read"):
         checkpoint.restore(trainer, train)
+
+
+# ----------------------------------------------------------------------------- background writes
+def test_a_failed_background_write_surfaces_on_the_training_thread_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """Epoch 2's last.pt fails on the writer thread as a full disk would: the error reaches the
+    training thread at its next checkpoint (epoch 3's), the temp file is gone, last.pt still
+    holds epoch 1, and a resume continues from there."""
+    import errno
+    import threading
+
+    from app.run.record import disk_full
+
+    import stat
+
+    trainer, checkpoint, train, val = make_run(tmp_path, epochs=4, extra=())
+    real_fsync = os.fsync
+    writes = []
+
+    def fsync(fd):  # the file fsyncs of the checkpoint writes: the 2nd (epoch 2's last.pt) fails
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            writes.append(threading.current_thread().name)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as raised:
+        trainer.fit(train, val)
+    assert disk_full(raised.value) is not None
+    assert trainer.epoch == 3  # surfaced at epoch 3's checkpoint, before it was written
+    assert writes == ["checkpoint-writer", "checkpoint-writer"]  # written off the training thread
+    assert not list(checkpoint.directory.glob(".*.tmp"))  # the failed write's temp file was removed
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert torch.load(checkpoint.last_path, weights_only=True)["epoch"] == 1
+    fresh, checkpoint, train, _ = make_run(tmp_path, epochs=4)
+    assert checkpoint.restore(fresh, train)["epoch"] == 1
+
+
+def test_background_and_synchronous_checkpoints_hold_the_same_state(tmp_path):
+    states = []
+    for background in (True, False):
+        trainer, checkpoint, train, val = make_run(tmp_path / str(background), epochs=3)
+        checkpoint.background = background
+        trainer.fit(train, val)  # returns with the writes on disk
+        states.append(torch.load(checkpoint.last_path, weights_only=True))
+    a, b = states
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key])
+    for (pa, sa), (pb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+        for name in sa:
+            assert torch.equal(sa[name], sb[name]), name
+    for metrics_a, metrics_b in zip(a["trainer"]["history"], b["trainer"]["history"]):
+        assert {k: v for k, v in metrics_a.items() if k not in TIMING_METRICS} == \
+               {k: v for k, v in metrics_b.items() if k not in TIMING_METRICS}
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def test_the_serialized_state_is_a_copy_training_cannot_change():
+    weights = torch.ones(3)
+    state = {"model": {"w": weights, "tied": weights}, "history": [{"loss": 1.0}]}
+    data = checkpoint_module.serialize(state)
+    weights.add_(1)
+    state["history"][0]["loss"] = 2.0
+    copy = torch.load(io.BytesIO(bytes(data)), weights_only=True)
+    assert torch.equal(copy["model"]["w"], torch.ones(3)) and copy["history"][0]["loss"] == 1.0
+    assert copy["model"]["w"] is copy["model"]["tied"]  # shared stays shared

@@ -5,6 +5,7 @@ Skipped where there is no CUDA device."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 
@@ -138,7 +139,9 @@ def test_no_garbage_collection_during_a_capture():
     assert gc.isenabled()
 
 
-def test_a_step_that_cannot_be_captured_warns_and_trains_eagerly():
+def test_a_step_that_cannot_be_captured_trains_eagerly_under_auto_and_is_refused_when_required(caplog):
+    from app.errors import ConfigError
+
     class ReadsBack(nn.Linear):
         def forward(self, x):
             if x.sum().item() > 1e30:  # a host read: not capturable
@@ -153,12 +156,54 @@ def test_a_step_that_cannot_be_captured_warns_and_trains_eagerly():
         trainer.fit(*batches())
         return trainer
 
-    with pytest.warns(RuntimeWarning, match="capturing the training step failed"):
-        graphed = run(True)
+    with caplog.at_level(logging.INFO, logger="app"):
+        graphed = run("auto")
+    said = [r.getMessage() for r in caplog.records if "cuda_graph" in r.getMessage()]
+    assert len(said) == 1 and "capturing the training step failed" in said[0]  # one line, why
     assert not graphed.graphed.enabled
     eager = run(False)
     for a, b in zip(losses(graphed), losses(eager), strict=True):
         assert a == pytest.approx(b, rel=1e-4)
+    with pytest.raises(ConfigError, match="`trainer.cuda_graph`: True.*auto"):
+        run(True)
+
+
+def test_cuda_graph_auto_turns_graphs_on_for_a_run_and_off_with_float16(caplog):
+    train, val = batches()
+    auto = make(epochs=2, cuda_graph="auto")
+    auto.fit(train, val)
+    assert auto.graphed is not None and auto.graphed.enabled and auto.graphed.captures == 2
+    with caplog.at_level(logging.INFO, logger="app"):
+        half = make(epochs=1, cuda_graph="auto", precision="16-mixed", fused=True)
+    assert half.graphed is None
+    [line] = [r.getMessage() for r in caplog.records if "cuda_graph" in r.getMessage()]
+    assert "16-mixed" in line
+
+
+def test_cuda_graph_auto_turns_graphs_off_for_batches_that_keep_changing_shape(caplog):
+    from app.train.acceleration import AUTO_MAX_GRAPHS
+
+    class Ragged:  # every epoch another batch size: a graph per shape would never be reused
+        num_samples = 300
+
+        def __init__(self):
+            self.epoch = 0
+
+        def __iter__(self):
+            self.epoch += 1
+            split = data(300)
+            x, y = split.x, split.y
+            size = 10 + self.epoch
+            for start in range(0, 300, size):
+                yield x[start:start + size].cuda(), y[start:start + size].cuda()
+
+    trainer = make(epochs=2 * AUTO_MAX_GRAPHS, cuda_graph="auto", scheduler=None)
+    with caplog.at_level(logging.INFO, logger="app"):
+        trainer.fit(Ragged(), None)
+    assert not trainer.graphed.enabled
+    [line] = [r.getMessage() for r in caplog.records if "cuda_graph" in r.getMessage()]
+    assert "changing shape" in line
+    assert all(math.isfinite(h["train_loss"]) for h in trainer.history)
 
 
 @pytest.mark.parametrize("options, captures", [
@@ -294,6 +339,76 @@ def test_a_pack_on_cuda_trains_each_member_as_its_lone_run(compose_cfg, tmp_path
         state = torch.load(tmp_path / "pack" / f"seed_{seed}" / "checkpoints" / "last.pt", weights_only=True)
         assert set(state["model"]) == set(run.model.state_dict())  # a plain single-model state
         assert all(state["model"][k].shape == v.shape for k, v in run.model.state_dict().items())
+
+
+def test_a_graphed_pack_trains_as_the_eager_pack_and_masks_a_stopped_member_without_a_new_capture(
+        compose_cfg, tmp_path):
+    """trainer.cuda_graph=auto on a pack: the whole step (forward, loss, backward, clipping, the
+    stacked AdamW step) replayed as CUDA graphs equals the eager pack (relative 1e-4 over 4
+    epochs: the same kernels; only the masked arithmetic of the graphed step rounds differently),
+    and member 5's stop after epoch 2 (1/5 of the rows: masked, not compacted) costs no capture."""
+    from app.run.build import build_run
+    from app.run.seeds import with_seed
+    from app.train.packed import COMPACT_FRACTION, PackedTrainer
+
+    overrides = ["device=cuda", "model.nodes=32", "model.layers=3", "data.n_samples=600", "trainer.batch_size=64",
+                 "logger=none", "trainer.progress_bar=false", "trainer.matmul_precision=highest",
+                 "~callbacks.early_stopping", "trainer.grad_clip=1.0"]
+    per_member = {0: ["optimizer.lr=0.01"], 1: ["optimizer.lr=0.003", "optimizer.weight_decay=0.05"],
+                  2: ["optimizer.lr=0.001"], 3: ["optimizer.lr=0.02"], 4: ["optimizer.lr=0.005"]}
+    seeds = [1, 2, 3, 4, 5]
+
+    def pack(name, graphs):
+        runs = []
+        for i, seed in enumerate(seeds):
+            epochs = "trainer.epochs=2" if i == 4 else "trainer.epochs=4"
+            cfg = with_seed(compose_cfg(*overrides, epochs, f"trainer.cuda_graph={graphs}", *per_member[i]), seed)
+            runs.append(build_run(cfg, tmp_path / name / f"seed_{seed}"))
+        return runs
+
+    eager_runs, graphed_runs = pack("eager", "false"), pack("graphed", "auto")
+    eager = PackedTrainer(eager_runs)
+    graphed = PackedTrainer(graphed_runs)
+    assert not eager.use_graphs and graphed.use_graphs
+    eager_results, graphed_results = eager.fit(), graphed.fit()
+    assert 1 / 5 < COMPACT_FRACTION and graphed.flat.shape[0] == 5  # masked, never compacted
+    assert graphed.graphed.enabled
+    assert graphed.graphed.captures == 2  # the full batch and the partial last one, for all 4 epochs
+    assert [r.epochs_run for r in graphed_results] == [r.epochs_run for r in eager_results] == [4, 4, 4, 4, 2]
+    for ours, theirs in zip(graphed_runs, eager_runs):
+        for a, b in zip(ours.trainer.history, theirs.trainer.history, strict=True):
+            for key in ("train_loss", "val_loss", "val_mae", "lr"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4), key
+        for p, q in zip(ours.model.parameters(), theirs.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_a_graphed_pack_recaptures_only_at_compaction(compose_cfg, tmp_path):
+    from app.run.build import build_run
+    from app.run.seeds import with_seed
+    from app.train.packed import PackedTrainer
+
+    overrides = ["device=cuda", "model.nodes=16", "model.layers=2", "data.n_samples=512",
+                 "logger=none", "trainer.progress_bar=false", "~callbacks.early_stopping"]
+    runs = [build_run(with_seed(compose_cfg(*overrides, f"trainer.epochs={1 if i == 1 else 3}"), seed),
+                      tmp_path / f"seed_{seed}") for i, seed in enumerate([1, 2, 3, 4])]
+    trainer = PackedTrainer(runs)
+    captures = []
+
+    class Probe:
+        def __getattr__(self, hook):
+            return lambda *args: None
+
+        def on_epoch_end(self, *_):
+            captures.append((trainer.flat.shape[0], trainer.graphed.captures if trainer.graphed else 0))
+
+    runs[0].trainer.callbacks.append(Probe())
+    results = trainer.fit()
+    assert [r.epochs_run for r in results] == [3, 1, 3, 3]
+    # epoch 1: 4 rows, captures of the new layout start after compaction (3 rows) again
+    assert captures[0][0] == 4 and captures[-1][0] == 3
+    assert trainer.graphed.enabled and trainer.graphed.captures >= 1
+    assert all(math.isfinite(h["val_loss"]) for run in runs for h in run.trainer.history)
 
 
 # ----------------------------------------------------------------------------- NCCL (app/run/distributed.py)

@@ -19,19 +19,22 @@ same number of processes.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
 import re
 import shutil
+import threading
+from collections import deque
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import torch
 
 from app.errors import ConfigError
 from app.run import faults
-from app.run.record import temp_path
+from app.run.record import disk_full, temp_path
 from app.callbacks.base import Callback
 from app.run.reproducibility import rng_state, set_rng_state
 
@@ -53,18 +56,142 @@ def _sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+_UNPLANNED = object()
+
+
+def atomic_save(obj: Any, path: Path, plan: Any = _UNPLANNED) -> None:
     """Write `obj` with torch.save to a temp file beside `path`, then rename over it, so a
-    kill at any instant leaves either the old file or the new one, never a torn one."""
+    kill at any instant leaves either the old file or the new one, never a torn one. A write
+    that fails (a full disk) removes its temp file and leaves the old file as it was.
+    `plan`: the test-only fault plan of this write when it was made elsewhere (CheckpointWriter)."""
     path = Path(path)
     tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        faults.before_checkpoint_write(obj, f)  # test-only fault point; a no-op otherwise
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if plan is _UNPLANNED:
+        plan = faults.checkpoint_write_plan()  # test-only fault point; None otherwise
+    try:
+        with open(tmp, "wb") as f:
+            faults.apply_checkpoint_plan(plan, obj, f)
+            if isinstance(obj, (bytes, bytearray, memoryview)):  # serialized already (`serialize`)
+                f.write(obj)
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as error:
+        if isinstance(error, OSError) or disk_full(error) is not None:  # the disk gets its space back
+            tmp.unlink(missing_ok=True)
+        raise
     _sync_directory(path.parent)
+
+
+def serialize(obj: Any) -> memoryview:
+    """`obj` as the bytes torch.save writes: a copy training can no longer change."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def _copied(obj: Any, memo: dict[int, Any] | None = None) -> Any:
+    """A copy of a checkpoint's state training can no longer change: tensors copied to the CPU
+    (shared ones stay shared), containers rebuilt, the rest (immutable) as is."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, torch.Tensor):
+        copy = obj.detach().to("cpu", copy=True)
+    elif isinstance(obj, dict):
+        copy = {key: _copied(value, memo) for key, value in obj.items()}
+    elif isinstance(obj, (list, tuple)):
+        copy = type(obj)(_copied(value, memo) for value in obj)
+    else:
+        return obj
+    memo[id(obj)] = copy
+    return copy
+
+
+class CheckpointWriter:
+    """Writes checkpoints on one background thread, so that serializing and fsyncing them does
+    not hold up training (on small models, a per-epoch last.pt took longer than the epoch).
+
+    `submit(key, work, plan)` queues `work` (a callable doing the writes of one checkpoint: the
+    atomic last.pt, then its links) for the file set `key`; there is at most one pending write
+    per key: a new submit for a key first waits for that key's previous write to finish, and
+    raises its error, if it failed, on the submitting (training) thread. `wait(key)` does the
+    same without a new write: callers flush before fit returns, before reading a checkpoint
+    back, and at the end of a run. Writes of different keys (the members of a pack) queue in
+    order on the one thread. The thread ends when the queue is empty and is not a daemon, so an
+    exiting interpreter finishes a write in flight. A write whose test-only fault `plan` is set
+    (app/run/faults.py) is waited for at once, so the fault lands at the same point of the run
+    every time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[_Job] = deque()
+        self._pending: dict[str, _Job] = {}
+        self._thread: threading.Thread | None = None
+
+    def submit(self, key: str, work: Callable[[], None], plan: Any = None) -> None:
+        self.wait(key)
+        job = _Job(work)
+        with self._lock:
+            self._pending[key] = job
+            self._queue.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=False)
+                self._thread.start()
+        if plan is not None:
+            self.wait(key)
+
+    def wait(self, key: str) -> None:
+        """Block until `key`'s pending write is done; raise its error if it failed."""
+        with self._lock:
+            job = self._pending.get(key)
+        if job is None:
+            return
+        job.done.wait()
+        with self._lock:
+            if self._pending.get(key) is job:
+                del self._pending[key]
+        if job.error is not None:
+            error, job.error = job.error, None
+            raise error
+
+    def drain(self) -> None:
+        """Block until every write submitted so far is done (their errors stay for `wait`)."""
+        with self._lock:
+            jobs = list(self._pending.values())
+        for job in jobs:
+            job.done.wait()
+
+    def pending(self, key: str) -> bool:
+        with self._lock:
+            return key in self._pending
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._thread = None
+                    return
+                job = self._queue.popleft()
+            try:
+                job.work()
+            except BaseException as error:  # noqa: BLE001 -- handed to the training thread
+                job.error = error
+            finally:
+                job.done.set()
+
+
+class _Job:
+    def __init__(self, work: Callable[[], None]) -> None:
+        self.work = work
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+WRITER = CheckpointWriter()  # the process's one checkpoint writer
 
 
 def atomic_link(source: Path, path: Path) -> None:
@@ -121,10 +248,15 @@ class Checkpoint(Callback):
     it is absolute. Options and their defaults: conf/callbacks/checkpoint.yaml."""
 
     def __init__(self, directory: str | Path, every: int, keep_last_k: int, *,
-                 run_dir: str | Path | None = None) -> None:
+                 run_dir: str | Path | None = None, background: bool = True,
+                 serialize_in_background: bool = False) -> None:
         self.directory = Path(run_dir) / directory if run_dir is not None else Path(directory)
         self.every = every
         self.keep_last_k = keep_last_k
+        self.background = background
+        # Also pickle on the writer thread (a copy of the state is made here instead): measured
+        # by benchmarks/overhead.py --checkpoints against the default, pickling here.
+        self.serialize_in_background = serialize_in_background
         self.last_path = self.directory / "last.pt"
         self.best_path = self.directory / "best.pt"
         # What a trained model needs to be used (app.run.load.inference_record): set by the
@@ -160,15 +292,52 @@ class Checkpoint(Callback):
         due = trainer.epoch % self.every == 0 or trainer.should_stop or trainer.epoch == trainer.epochs
         if not (due or trainer.improved):
             return
+        improved, epoch = trainer.improved, trainer.epoch
+        if not self.background:
+            self._write(self.state(trainer, metrics), improved, due, epoch)
+            return
+        # On the training thread: serialize the state to memory (a copy training cannot change)
+        # and count the write's test-only fault point; writing and fsyncing go to the writer.
+        # Serializing is pickling, which holds the GIL: on a second thread it slowed training
+        # down more than it saved (benchmarks/README.md, checkpoints); the file write and the
+        # fsync, the larger part, release it.
+        state = self.state(trainer, metrics)
+        state = _copied(state) if self.serialize_in_background else serialize(state)
+        plan = faults.checkpoint_write_plan()
+        WRITER.submit(self._key, lambda: self._write(state, improved, due, epoch, plan), plan)
+
+    def _write(self, state: dict[str, Any], improved: bool, due: bool, epoch: int,
+               plan: Any = _UNPLANNED) -> None:
         # last.pt first, then best.pt as a link to it: best.pt is never ahead of last.pt, so a
         # resume from last.pt never finds a best.pt from epochs it is about to train again.
-        atomic_save(self.state(trainer, metrics), self.last_path)
-        if trainer.improved:
+        atomic_save(state, self.last_path, plan)
+        if improved:
             atomic_link(self.last_path, self.best_path)
         if self.keep_last_k and due:
-            atomic_link(self.last_path, self.directory / f"epoch-{trainer.epoch:04d}.pt")
+            atomic_link(self.last_path, self.directory / f"epoch-{epoch:04d}.pt")
             for _, old in self.snapshots()[: -self.keep_last_k]:
                 old.unlink(missing_ok=True)
+
+    @property
+    def _key(self) -> str:
+        return os.path.abspath(self.last_path)
+
+    def flush(self) -> None:
+        """Wait until this callback's checkpoint writes are on disk; raise the error of one that
+        failed (a full disk), here on the calling thread."""
+        WRITER.wait(self._key)
+
+    def on_fit_end(self, trainer, result) -> None:
+        self.flush()  # fit returns with its checkpoints on disk (best.pt is read next)
+
+    def on_run_end(self, summary: dict[str, Any]) -> None:
+        """A run that failed or was interrupted with a write in flight: finish it (a completed
+        epoch's checkpoint, which a resume continues from); its own error is only logged, the
+        run's error is already on its way."""
+        try:
+            self.flush()
+        except Exception as error:  # noqa: BLE001
+            log.warning("checkpoint write failed after the run stopped: %s", error)
 
     def snapshots(self) -> list[tuple[int, Path]]:
         """(epoch, path) of the `epoch-NNNN.pt` snapshots, oldest first."""
@@ -179,6 +348,7 @@ class Checkpoint(Callback):
 
     def load_best_weights(self, model: torch.nn.Module) -> bool:
         """Load best.pt's weights into `model`; False when no best checkpoint was written."""
+        self.flush()
         if not self.best_path.exists():
             return False
         model.load_state_dict(load_checkpoint(self.best_path)["model"])
@@ -193,6 +363,7 @@ class Checkpoint(Callback):
         snapshots of epochs after last.pt (they will be trained again); with several processes
         rank 0 alone tidies, the others only read.
         """
+        self.flush()  # a write of this process still in flight (a resume in the same process)
         main = getattr(trainer, "rank", 0) == 0
         for tmp in self.directory.glob(".*.tmp") if self.directory.is_dir() and main else ():
             log.info("removing %s, a checkpoint write that was interrupted", tmp)

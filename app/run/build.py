@@ -235,7 +235,7 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
         check_devices(cfg, distributed.world_size() if distributed.active() else cfg.trainer.devices)
         device = rank_device(cfg)
         threads_before = set_threads(cfg.trainer.threads)
-        check_device_options(cfg.trainer.precision, device)
+        check_device_options(cfg.trainer.precision, device, cfg.trainer.cuda_graph)
         seed_everything(cfg.seed)
         set_deterministic(cfg.deterministic)
     with stage("data"):

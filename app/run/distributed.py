@@ -104,8 +104,8 @@ def check_devices(cfg: DictConfig, world_size: int) -> None:
                 if gpus else f"{accepted}, or device=cpu to train on N processes on the CPU (gloo)",
                 f"this machine has {gpus} CUDA device(s)" if gpus else "CUDA is not available on this machine",
             )
-    if cfg.trainer.cuda_graph:
-        raise ConfigError("trainer.cuda_graph", True, "false with several processes",
+    if cfg.trainer.cuda_graph is True:  # auto: off with several processes
+        raise ConfigError("trainer.cuda_graph", True, "auto or false with several processes",
                           "DistributedDataParallel all-reduces gradients outside a captured CUDA graph")
 
 

@@ -82,11 +82,22 @@ class _KillingBatches:
 
     def __iter__(self) -> Iterator[Any]:
         if _reached("epoch_start"):
-            _kill()
+            _kill_settled()
         for batch in self.inner:
             yield batch
             if _reached("batch"):  # the trainer has taken this batch's step and asks for the next
-                _kill()
+                _kill_settled()
+
+
+def _kill_settled() -> None:
+    """Kill, once the checkpoint writes already asked for are on disk: checkpoints are written on
+    a background thread, and a kill that raced them would leave last.pt at one epoch or another
+    from one test run to the next (either is a valid checkpoint; `checkpoint_write` is the point
+    that kills during a write)."""
+    from app.callbacks.checkpoint import WRITER
+
+    WRITER.drain()
+    _kill()
 
 
 def wrap_train_batches(batches: Any) -> Any:
@@ -103,18 +114,39 @@ def before_write(path: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
 
 
-def before_checkpoint_write(obj: Any, file: BinaryIO) -> None:
-    """Called by `atomic_save` with its open temp file: at the configured write, put the first
-    half of the serialized checkpoint in the file, flush it to disk, and die (`checkpoint_write`),
-    or fail as a full disk would (`disk_full`)."""
-    before_write(file.name)
-    if not _reached("checkpoint_write"):
-        return
-    buffer = io.BytesIO()
-    import torch
+def checkpoint_write_plan() -> str | None:
+    """Count one checkpoint write at the `disk_full` and `checkpoint_write` points, on the thread
+    that asks for the write (so the count follows the run's order of writes, wherever the write
+    itself then happens): "disk_full", "kill" or None, for `apply_checkpoint_plan`."""
+    if _reached("disk_full"):
+        return "disk_full"
+    if _reached("checkpoint_write"):
+        return "kill"
+    return None
 
-    torch.save(obj, buffer)
-    file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+def apply_checkpoint_plan(plan: str | None, obj: Any, file: BinaryIO) -> None:
+    """Called by `atomic_save` with its open temp file and the write's plan: fail as a full disk
+    would ("disk_full"), or put the first half of the serialized checkpoint in the file, flush it
+    to disk, and die ("kill")."""
+    if plan == "disk_full":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), file.name)
+    if plan != "kill":
+        return
+    if isinstance(obj, (bytes, bytearray, memoryview)):  # already serialized
+        data = bytes(obj)
+    else:
+        buffer = io.BytesIO()
+        import torch
+
+        torch.save(obj, buffer)
+        data = buffer.getvalue()
+    file.write(data[: len(data) // 2])
     file.flush()
     os.fsync(file.fileno())
     _kill()
+
+
+def before_checkpoint_write(obj: Any, file: BinaryIO) -> None:
+    """Plan and apply in one go (a write made where it is asked for)."""
+    apply_checkpoint_plan(checkpoint_write_plan(), obj, file)

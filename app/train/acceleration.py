@@ -8,6 +8,7 @@ Nothing here synchronizes host and device per step.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 import warnings
 import weakref
@@ -20,12 +21,18 @@ from torch import Tensor, nn
 from app.config import MATMUL_PRECISIONS, PRECISIONS
 from app.errors import ConfigError
 
+log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 COMPILE_BACKEND = "inductor"  # torch.compile's default; tests swap in a cheap backend
 
 
-def check_device_options(precision: str, device: torch.device) -> None:
-    """Refuse a precision this device cannot run (raises ConfigError naming trainer.precision)."""
+def check_device_options(precision: str, device: torch.device, cuda_graph: Any = False) -> None:
+    """Refuse a precision this device cannot run (raises ConfigError naming trainer.precision),
+    and `trainer.cuda_graph=true` (required) off a CUDA device."""
+    if cuda_graph is True and device.type != "cuda":
+        raise ConfigError(
+            "trainer.cuda_graph", True, f"auto or false on {device.type} (auto turns CUDA graphs on "
+            "wherever they apply)", "true requires CUDA graphs, and they need a CUDA device")
     precision = str(precision)
     if precision not in PRECISIONS:
         raise ConfigError("trainer.precision", precision, ", ".join(PRECISIONS))
@@ -150,6 +157,38 @@ class DeviceClock:
 
 
 # ----------------------------------------------------------------------------- CUDA graphs
+# trainer.cuda_graph=auto: past this many distinct step shapes (a new graph each), the batches
+# change shape too often for graphs to pay (dynamic shapes): the run goes on eagerly.
+AUTO_MAX_GRAPHS = 8
+
+
+def cuda_graph_decision(setting: Any, device: torch.device, precision: str = "32",
+                        distributed: bool = False) -> tuple[bool, str | None]:
+    """Whether a run replays its steps as CUDA graphs under `trainer.cuda_graph=setting`
+    (auto | True | False), and, when auto turns them off on CUDA, why (one sentence for the log;
+    None where there is nothing to say: off on request, or off a CUDA device, where graphs never
+    apply). True where they cannot apply raises ValueError (the app refuses those settings in its
+    config checks first)."""
+    auto = setting == "auto" and not isinstance(setting, bool)
+    if not auto and not setting:
+        return False, None
+    if device.type != "cuda":
+        if auto:
+            return False, None
+        raise ValueError(f"cuda_graph=True needs a CUDA device, not {device.type}")
+    reason = None
+    if str(precision) == "16-mixed":
+        reason = ("precision 16-mixed: its GradScaler decides on the host whether to step, which a "
+                  "graph cannot replay (bf16-mixed can)")
+    elif distributed:
+        reason = "several processes: DDP all-reduces gradients outside a captured graph"
+    if reason is None:
+        return True, None
+    if auto:
+        return False, reason
+    raise ValueError(f"cuda_graph=True does not work with {reason}")
+
+
 def make_capturable(optimizer: torch.optim.Optimizer) -> None:
     """Switch optimizers that have a `capturable` flag (Adam, AdamW, ...) to it: their step
     counter then lives on the device, so a replayed step advances it (a host counter would be
@@ -188,21 +227,27 @@ class GraphedStep:
 
     Eager steps run on a side stream (library handles and optimizer state are created there,
     outside any capture); every graph has its own memory pool. If a capture fails (an op that
-    syncs with the host, say), it warns once and runs everything eagerly from then on.
+    syncs with the host, say): `required` (trainer.cuda_graph=true) raises a ConfigError naming
+    the option; otherwise (auto) one log line says why and everything runs eagerly from then on.
+    Under auto, batches that keep changing shape (more than `AUTO_MAX_GRAPHS` live graphs, or
+    eight times as many shapes seen) turn graphs off the same way.
     """
 
     def __init__(self, train_step: Callable[[Tensor, Tensor, int, bool, bool], Tensor],
-                 optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+                 optimizer: torch.optim.Optimizer | None, device: torch.device, required: bool = True) -> None:
         # A weak reference: the trainer owns this object, and a cycle would keep its graphs'
         # memory alive until a garbage collection (see `_capture` for why those must not run).
         self._train_step = weakref.WeakMethod(train_step)
         self.optimizer = optimizer
         self.device = device
         self.enabled = True
+        self.required = required
         self._side = torch.cuda.Stream(device)
-        groups = optimizer.param_groups
+        # optimizer None: the step keeps its settings in device tensors of its own (a pack's
+        # StackedOptimizer), nothing to key graphs on or swap in.
+        groups = optimizer.param_groups if optimizer is not None else []
         self._lr: list[Tensor] | None = None  # per param group, read by captured updates
-        if all(g.get("capturable") or g.get("fused") for g in groups) and "lr" in groups[0]:
+        if groups and all(g.get("capturable") or g.get("fused") for g in groups) and "lr" in groups[0]:
             self._lr = [torch.tensor(float(g["lr"]), device=device) for g in groups]
             self._lr_values = [float(g["lr"]) for g in groups]
         self._settings: Hashable = None  # the optimizer settings the update graphs were made with
@@ -221,6 +266,11 @@ class GraphedStep:
         key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, window, first, update, settings)
         entry = self._graphs.get(key)
         if entry is None:
+            if not self.required and (len(self._graphs) >= AUTO_MAX_GRAPHS
+                                      or len(self._seen) >= 8 * AUTO_MAX_GRAPHS):
+                self.disable(f"the batches keep changing shape ({len(self._seen)} step shapes so far; "
+                             "each needs a graph of its own)")
+                return self._train_step()(x, y, window, first, update)
             if key not in self._seen:
                 self._seen.add(key)
                 return self._eager(x, y, window, first, update)
@@ -235,7 +285,15 @@ class GraphedStep:
         graph.replay()
         return loss
 
+    def disable(self, reason: str) -> None:
+        """Run every step eagerly from now on, saying why in one log line (auto mode)."""
+        self.enabled = False
+        self._graphs.clear()
+        log.info("trainer.cuda_graph=auto: CUDA graphs off, %s; training continues eagerly", reason)
+
     def _optimizer_settings(self) -> Hashable:
+        if self.optimizer is None:
+            return None
         skip = {"params", "lr", "initial_lr"} if self._lr is not None else {"params"}
         return tuple(
             tuple((k, v) for k, v in group.items() if k not in skip and isinstance(v, Hashable))
@@ -285,11 +343,15 @@ class GraphedStep:
                 finally:
                     graph.capture_end()
         except Exception as error:
-            self.enabled = False
-            self._graphs.clear()
-            warnings.warn(f"trainer.cuda_graph: capturing the training step failed ({type(error).__name__}: "
-                          f"{str(error).strip()[:300]}); training continues without CUDA graphs",
-                          RuntimeWarning, stacklevel=3)
+            detail = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+            if self.required:
+                self.enabled = False
+                self._graphs.clear()
+                raise ConfigError(
+                    "trainer.cuda_graph", True, "auto (graphs wherever they can be captured) or false "
+                    "for this model", f"capturing the training step as a CUDA graph failed ({detail}); "
+                    "a step that reads values back to the host cannot be captured") from None
+            self.disable(f"capturing the training step failed ({detail})")
             return None
         finally:
             if collecting:

@@ -56,8 +56,6 @@ def unpackable_config(cfg: Any) -> str | None:
         return f"trainer.precision={t.precision}: packs train in float32"
     if t.compile:
         return "trainer.compile=true: packs are not compiled"
-    if t.cuda_graph:
-        return "trainer.cuda_graph=true: packs do not replay CUDA graphs"
     if t.accumulate_grad_batches != 1:
         return "trainer.accumulate_grad_batches > 1: packs step every batch"
     if t.get("devices", 1) > 1:
@@ -122,7 +120,7 @@ class PackedTrainer:
     """Trains the built runs `runs` (app.run.build.Run, checked with `unpackable`) as one pack;
     `fit()` returns each member's FitResult, in the order of `runs`. See module docstring."""
 
-    def __init__(self, runs: Sequence[Any]) -> None:
+    def __init__(self, runs: Sequence[Any], cuda_graph: bool | str | None = None) -> None:
         self.runs = list(runs)
         first = self.runs[0]
         self.device, self.task = first.device, first.task
@@ -139,6 +137,15 @@ class PackedTrainer:
         self.clock = acceleration.DeviceClock(self.device)
         self._active_rows: list[int] | None = None
         self._active: Tensor | None = None
+        # CUDA graphs (trainer.cuda_graph, the members' shared setting): the pack's whole step
+        # (forward, loss, backward, norms and clipping, the stacked optimizer step, the loss sums)
+        # replayed as one graph; see `_graph_epoch`.
+        if cuda_graph is None:
+            cfg = getattr(first, "cfg", None)
+            cuda_graph = cfg.trainer.cuda_graph if cfg is not None else False
+        self.use_graphs, why_not = acceleration.cuda_graph_decision(cuda_graph, self.device)
+        self.graph_required = cuda_graph is True
+        self.graphed: acceleration.GraphedStep | None = None
 
     # ------------------------------------------------------------------ pack <-> members
     def _stack(self) -> None:
@@ -152,6 +159,15 @@ class PackedTrainer:
                         for name in self.buffer_names}
         self.optimizer = StackedOptimizer([self.runs[i].optimizer for i in self.rows],
                                           [list(m.parameters()) for m in models], self.flat)
+        self._new_layout()
+
+    def _new_layout(self) -> None:
+        """After stacking or compacting (new tensors, a new row count): the step's graphs are
+        stale, and the mask is rebuilt."""
+        self.graphed = None  # frees the old graphs (outside any capture)
+        self._active_rows = None
+        self._active = None
+        self._graph_state: dict[str, Tensor] | None = None
 
     def _write_member(self, row: int) -> None:
         """Copy row `row` of the pack into its member's model and optimizer (for its callbacks:
@@ -172,7 +188,7 @@ class PackedTrainer:
             self.buffers = {n: b.index_select(0, index) for n, b in self.buffers.items()}
         self.optimizer.keep(keep)
         self.rows = [self.rows[row] for row in keep]
-        self._active_rows = None
+        self._new_layout()
 
     def _params(self, detached: bool = False) -> dict[str, Tensor]:
         flat = self.flat.detach() if detached else self.flat
@@ -182,9 +198,14 @@ class PackedTrainer:
         return functional_call(self.template, (params, buffers), (x,))
 
     def _active_mask(self, active: list[int]) -> Tensor:
+        """[rows, 1] bool: the rows that step. One tensor per layout, updated in place (captured
+        steps read it): a member that stops is masked without a new capture."""
         if active != self._active_rows:
             mask = torch.tensor([[row in active] for row in range(len(self.rows))])
-            self._active = mask.to(self.device, non_blocking=True)
+            if self._active is None:
+                self._active = mask.to(self.device)
+            else:
+                self._active.copy_(mask, non_blocking=True)
             self._active_rows = list(active)
         return self._active
 
@@ -222,7 +243,8 @@ class PackedTrainer:
         trainers = [self.runs[self.rows[row]].trainer for row in range(len(self.rows))]
         epochs = {row: trainers[row].epoch + 1 for row in active}
         self.clock.start()
-        loss_sums, norm_sum, norm_max, measured, steps = self._train_epoch(active)
+        train_epoch = self._graph_epoch if self.use_graphs else self._train_epoch
+        loss_sums, norm_sum, norm_max, measured, steps = train_epoch(active)
         self.clock.stop()
         due = [row for row in active
                if epochs[row] % trainers[row].val_every == 0 or epochs[row] == trainers[row].epochs]
@@ -231,6 +253,8 @@ class PackedTrainer:
             parts.append(self._eval_sums(self.runs[self.rows[active[0]]].val))
         values = torch.cat(parts, dim=1).tolist()  # the one host read of the epoch
         seconds = self.clock.seconds()
+        # Once for the pack (torch.cuda.memory_stats is not cheap, and the pack shares the device).
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
         for row in active:
             run = self.runs[self.rows[row]]
             trainer = run.trainer
@@ -240,7 +264,7 @@ class PackedTrainer:
                 names = ["val_loss", *(f"val_{name}" for name in self.task.metrics)]
                 val_samples = run.val.num_samples
                 metrics.update({name: v / val_samples for name, v in zip(names, values[row][3:])})
-            metrics.update(self._health(trainer, values[row], measured[row], num_samples, seconds))
+            metrics.update(self._health(trainer, values[row], measured[row], num_samples, seconds, peak))
             metrics["epoch_time"] = time.perf_counter() - started
             self._write_member(row)
             _end_epoch(trainer, metrics)
@@ -302,6 +326,77 @@ class PackedTrainer:
         self.flat.grad = None
         return loss_sums, norm_sum, norm_max, measured, steps
 
+    # ------------------------------------------------------------------ CUDA graphs
+    def _graph_epoch(self, active: list[int]) -> tuple[Tensor, Tensor, Tensor, list[int], int]:
+        """`_train_epoch` with the step replayed as CUDA graphs (`acceleration.GraphedStep`: an
+        eager step the first time a batch shape is seen, a capture the second, replays after).
+
+        What the captured step reads lives in tensors kept for the layout and updated in place
+        outside the graph: the parameters, buffers and optimizer state, the hyperparameters
+        (`StackedOptimizer.hyperparameters`, refreshed before each replay: a scheduler's new lr
+        is a host-to-device copy, no new capture), the active mask (a member that stops is
+        masked, no new capture), the clipping thresholds and the epoch's sums. Only compaction
+        (fewer rows: new shapes) captures anew. Every step is masked and measures the gradient
+        norm (as replayed single runs do), so no step depends on a host-side counter."""
+        rows = len(self.rows)
+        runs = [self.runs[self.rows[row]] for row in range(rows)]
+        trainers = [run.trainer for run in runs]
+        self.template.train()
+        self._active_mask(active)
+        if self._graph_state is None:
+            zeros = lambda: torch.zeros(rows, device=self.device)  # noqa: E731
+            self._graph_state = {
+                "loss_sums": zeros(), "norm_sum": zeros(), "norm_max": zeros(),
+                "clip": torch.tensor([[float(t.grad_clip)] for t in trainers], device=self.device),
+            }
+            self._clipping = any(t.grad_clip > 0 for t in trainers)
+            self._tracking = any(t.track_grad_norm for t in trainers)
+            self.graphed = acceleration.GraphedStep(self._graph_step, None, self.device,
+                                                    required=self.graph_required)
+        g = self._graph_state
+        for name in ("loss_sums", "norm_sum", "norm_max"):
+            g[name].zero_()
+        stepping = [row for row in active if runs[row].scheduler is not None
+                    and trainers[row].scheduler_interval == "step"]
+        iterators = [iter(runs[row].train) for row in active]
+        steps = 0
+        for batches in zip(*iterators):
+            by_row = dict(zip(active, batches))
+            filler = batches[0]
+            x = torch.stack([by_row.get(row, filler)[0] for row in range(rows)])
+            y = torch.stack([by_row.get(row, filler)[1] for row in range(rows)])
+            self.optimizer.hyperparameters()  # the members' current settings, in place
+            self.graphed.step(x, y, 1, True, True)
+            self.optimizer.count(active)
+            steps += 1
+            with _scheduling():
+                for row in stepping:
+                    runs[row].scheduler.step()
+        measured = [steps if self._tracking else 0] * rows  # every step, replayed or not
+        return g["loss_sums"], g["norm_sum"], g["norm_max"], measured, steps
+
+    def _graph_step(self, x: Tensor, y: Tensor, window: int, first: bool, update: bool) -> Tensor:
+        """The pack's whole training step on stacked batches `x`, `y` ([rows, batch, ...]), for
+        capture: no host reads, no branches on tensor values. Returns the per-row losses."""
+        g = self._graph_state
+        forward = vmap(self._forward, in_dims=(0, 0, 0), randomness="different")
+        losses = vmap(self.task.loss)(forward(self._params(), self.buffers, x), y)
+        (grad,) = torch.autograd.grad(losses.sum(), self.flat)
+        if self._tracking or self._clipping:
+            norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+            if self._clipping:  # as clip_grad_norm_: scale by max_norm / (norm + 1e-6) where < 1
+                clip = g["clip"]
+                coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
+                grad = grad * torch.where(clip > 0, coef, torch.ones_like(coef))
+            if self._tracking:  # (rows that do not step are not reported)
+                taken = norm.squeeze(1)
+                g["norm_sum"].add_(taken)
+                torch.maximum(g["norm_max"], taken, out=g["norm_max"])
+        self.optimizer.step(self.flat, grad, self._active)
+        losses = losses.detach()
+        g["loss_sums"].add_(losses * y.shape[1])
+        return losses
+
     @torch.no_grad()
     def _eval_sums(self, batches: Any) -> Tensor:
         """[rows, 1 + metrics]: each row's loss and metric sums over `batches`, in eval mode."""
@@ -317,7 +412,7 @@ class PackedTrainer:
         return sums
 
     def _health(self, trainer: Any, values: list[float], measured: int, num_samples: int,
-                seconds: float) -> dict[str, float]:
+                seconds: float, peak: float | None) -> dict[str, float]:
         """The member's learning rates and training health, as `Trainer` reports them."""
         metrics = {"lr": trainer.optimizer.param_groups[0]["lr"]}
         if trainer.track_grad_norm and measured:
@@ -325,8 +420,8 @@ class PackedTrainer:
             metrics["grad_norm_max"] = values[2]
         if seconds > 0:
             metrics["samples_per_s"] = num_samples / seconds
-        if self.device.type == "cuda":
-            metrics["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if peak is not None:
+            metrics["peak_memory_mib"] = peak
         return metrics
 
     def _finish(self, i: int) -> None:

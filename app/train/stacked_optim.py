@@ -90,7 +90,11 @@ class StackedOptimizer:
         """Each row's hyperparameters, and the coefficients derived from them, as [K, 1] tensors;
         rebuilt only when a member's changed (a scheduler steps the member's param_groups): a
         host-to-device copy, never a read. Derived coefficients (1 - beta, 1 - lr * wd) are
-        computed in double precision, as torch computes them from Python floats."""
+        computed in double precision, as torch computes them from Python floats.
+
+        The tensors are made once and then updated in place, so a captured CUDA graph of the
+        step (app/train/packed.py) reads each replay's settings: refresh them (call this) before
+        a replay, never inside a capture."""
         settings = tuple(self._settings(o.param_groups[0]) for o in self.optimizers)
         if settings != self._key:
             names = (("lr", "weight_decay", "momentum", "nesterov") if self.kind == "sgd"
@@ -102,8 +106,13 @@ class StackedOptimizer:
                 h["1-lr*wd"] = 1 - h["lr"] * h["weight_decay"]
             ref = self.step_count
             wide = torch.float32 if ref.device.type == "mps" else torch.float64  # MPS has no float64
-            self._hyper64 = {k: v.to(wide).to(ref.device, non_blocking=True) for k, v in h.items()}
-            self._hyper = {k: v.to(ref.dtype).to(ref.device, non_blocking=True) for k, v in h.items()}
+            if self._hyper and self._hyper["lr"].shape[0] == ref.shape[0]:
+                for k, v in h.items():
+                    self._hyper64[k].copy_(v.to(wide), non_blocking=True)
+                    self._hyper[k].copy_(v.to(ref.dtype), non_blocking=True)
+            else:
+                self._hyper64 = {k: v.to(wide).to(ref.device, non_blocking=True) for k, v in h.items()}
+                self._hyper = {k: v.to(ref.dtype).to(ref.device, non_blocking=True) for k, v in h.items()}
             self._key = settings
         return self._hyper
 
@@ -217,6 +226,7 @@ class StackedOptimizer:
         self.optimizers = [self.optimizers[r] for r in rows]
         self.params = [self.params[r] for r in rows]
         self._key = None
+        self._hyper, self._hyper64 = {}, {}  # fewer rows: new tensors
 
 
 def _commit(target: Tensor, new: Tensor, active: Tensor | None) -> None:

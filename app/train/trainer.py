@@ -29,9 +29,9 @@ random generators gathered on rank 0 (checkpoints hold them) and that decision. 
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -44,6 +44,7 @@ from app.callbacks.base import Callback, improves
 from app.run.reproducibility import rng_state
 from app.train.tasks import Task
 
+log = logging.getLogger(__name__)
 Batches = Iterable[tuple[Tensor, Tensor]]  # also needs a `num_samples` attribute
 # Metrics that time the run: they differ between runs that are otherwise bit for bit the same.
 TIMING_METRICS = ("samples_per_s", "epoch_time")
@@ -76,8 +77,10 @@ class Trainer:
         monitor, mode: the metric that defines "best" (e.g. val_loss, min).
         precision: "32", "bf16-mixed" or "16-mixed" (autocast; 16-mixed also scales the loss).
         compile: run the model through `torch.compile` (eager, with a warning, where it fails).
-        cuda_graph: replay forward, backward and optimizer step as CUDA graphs (CUDA only;
-            elsewhere it warns and runs eagerly). See `acceleration.GraphedStep`.
+        cuda_graph: replay forward, backward and optimizer step as CUDA graphs: "auto" on CUDA
+            wherever they apply (off elsewhere, and with 16-mixed or several processes; one log
+            line says why on CUDA), True required (ValueError where they cannot apply), False
+            off. See `acceleration.GraphedStep`.
         grad_clip: clip the global L2 norm of the gradients to this before each step; 0: off.
         accumulate_grad_batches: step the optimizer (and a step-interval scheduler) once every N
             batches; each batch's loss is divided by the number of batches in its window.
@@ -123,7 +126,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         precision: str = "32",
         compile: bool = False,
-        cuda_graph: bool = False,
+        cuda_graph: bool | str = False,
         grad_clip: float = 0.0,
         accumulate_grad_batches: int = 1,
         matmul_precision: str | None = None,
@@ -156,23 +159,21 @@ class Trainer:
         self._grad_norm_max = torch.zeros(1, device=device)
         self._train_clock = acceleration.DeviceClock(device)
         self.graphed: acceleration.GraphedStep | None = None
-        if cuda_graph and device.type != "cuda":
-            warnings.warn(f"trainer.cuda_graph needs a CUDA device, not {device.type}; training "
-                          "continues without CUDA graphs", RuntimeWarning, stacklevel=2)
-        elif cuda_graph:
-            if self.precision == "16-mixed":
-                raise ValueError("cuda_graph does not work with precision 16-mixed (its GradScaler "
-                                 "decides on the host whether to step); use bf16-mixed")
+        # auto: graphs on CUDA wherever they apply, else off (one log line says why on CUDA);
+        # True: required (ValueError where they cannot apply); False: off.
+        use_graphs, why_not = acceleration.cuda_graph_decision(cuda_graph, device, self.precision,
+                                                               distributed.active())
+        if why_not is not None:
+            log.info("trainer.cuda_graph=auto: CUDA graphs off (%s)", why_not)
+        if use_graphs:
             acceleration.make_capturable(optimizer)
-            self.graphed = acceleration.GraphedStep(self.train_step, optimizer, device)
+            self.graphed = acceleration.GraphedStep(self.train_step, optimizer, device,
+                                                    required=cuda_graph is True)
         # `self.model` stays the module itself (checkpoints save its state_dict); `self.forward`
         # is what the loop calls: the module, or its compiled version.
         # Several processes: `self.ddp` is the DistributedDataParallel wrapper (None otherwise).
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
         self.ddp = distributed.wrap(model.to(device), device) if distributed.active() else None
-        if self.ddp is not None and self.graphed is not None:
-            raise ValueError("cuda_graph does not work with several processes (DDP all-reduces "
-                             "gradients outside the captured step)")
         self.forward = acceleration.CompiledModule(self.ddp or model) if compile else (self.ddp or model)
         # Evaluation needs no gradient sync: the module itself (each rank evaluates its part).
         self.eval_forward = self.forward if self.ddp is None else (
