@@ -92,8 +92,10 @@ def test_text(summary: Summary | None) -> str:
     if summary is None or not summary.test:
         return ""
     parts = []
-    for key, value in summary.test.items():
-        name = key[len("test_"):] if key.startswith("test_") else key
+    metrics = {key[len("test_"):] if key.startswith("test_") else key: value for key, value in summary.test.items()}
+    if len(metrics) > 1:  # the task's metrics say it (a scaled regression's loss is not in the target's units)
+        metrics.pop("loss", None)
+    for name, value in metrics.items():
         parts.append(f"{_SHORT.get(name, name)} {_sig(value)}")
     return " ".join(parts)
 
