@@ -231,6 +231,16 @@ def test_data_error_survives_pickling() -> None:
 
 
 # ----------------------------------------------------------------------------- load_table
+def test_load_table_takes_every_option_of_the_yaml_by_keyword_and_has_no_defaults_of_its_own():
+    import inspect
+
+    parameters = inspect.signature(load_table).parameters.values()
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty for p in parameters)
+    assert {p.name for p in parameters} == set(options_of("data", "file"))  # conf/data/file.yaml is the one copy
+    with pytest.raises(TypeError):
+        load_table("x.csv", None, "y")  # noqa -- positional: refused
+
+
 @pytest.fixture
 def table_csv(tmp_path: Path) -> Path:
     """20 rows: a = i, b = 2i + 1, y = a + b, label = string class of i % 3."""
