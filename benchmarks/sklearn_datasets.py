@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "cpu"),
                    help="where the CSV of the table goes")
     p.add_argument("--extra", nargs="*", default=[], help="more overrides for every app run (e.g. trainer.epochs=200)")
+    p.add_argument("--seeds", type=int, default=5, help="also train each data set with seeds=[1..N] (one run, "
+                   "mean +- std of the test metric over training seeds, same split); 0: skip")
     args = p.parse_args(argv)
     out, runs = Path(args.out).absolute(), Path(args.runs).absolute()
     stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -153,18 +155,35 @@ def main(argv: list[str] | None = None) -> int:
         if not same_split:
             raise SystemExit(f"{name}: the run's {metric} {app_score} is not its checkpoint's score "
                              f"{check} on the split this script computed: the splits differ")
-        rows.append({"dataset": name, "rows": n_rows, "features": n_features, "task": task,
-                     "split": "/".join(map(str, split["sizes"])), "metric": metric,
-                     "app": app_score, "sklearn": sk_score, "epochs": summary["epochs_run"],
-                     "status": summary["status"], "app_seconds": round(seconds, 1),
-                     "command": shown(cmd)})
+        row = {"dataset": name, "rows": n_rows, "features": n_features, "task": task,
+               "split": "/".join(map(str, split["sizes"])), "metric": metric,
+               "app": app_score, "sklearn": sk_score, "epochs": summary["epochs_run"],
+               "status": summary["status"], "app_seconds": round(seconds, 1), "command": shown(cmd),
+               "app_seeds_mean": None, "app_seeds_std": None, "seeds_command": None}
+        if args.seeds:  # the training seed's share of the spread: same split, N seeds in one run
+            seeds_dir = runs / stamp / f"{name}-seeds"
+            seeds_cmd = command(path, target, seeds_dir, args.threads) + list(args.extra) + [
+                f"seeds=[{','.join(str(i) for i in range(1, args.seeds + 1))}]"]
+            print(f"$ {shown(seeds_cmd)}", flush=True)
+            done = subprocess.run(seeds_cmd, cwd=ROOT, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+                raise SystemExit(f"{name} with seeds: the app exited with {done.returncode}")
+            seeded = json.loads((seeds_dir / "summary.json").read_text())
+            row.update(app_seeds_mean=seeded["test"][metric], app_seeds_std=seeded["test_std"][metric],
+                       seeds_command=shown(seeds_cmd))
+        rows.append(row)
     print()
-    print("| dataset | rows | features | task | train/val/test | metric | app | scikit-learn | app epochs | app s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| dataset | rows | features | task | train/val/test | metric | app | app, {args.seeds} seeds | "
+          "scikit-learn | app epochs | app s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         fmt = "{:.4f}" if r["task"] == "classification" else "{:.1f}"
+        seeded = (f"{fmt.format(r['app_seeds_mean'])} +- {fmt.format(r['app_seeds_std'])}"
+                  if r["app_seeds_mean"] is not None else "-")
         print(f"| {r['dataset']} | {r['rows']} | {r['features']} | {r['task']} | {r['split']} | {r['metric']} | "
-              f"{fmt.format(r['app'])} | {fmt.format(r['sklearn'])} | {r['epochs']} ({r['status']}) | {r['app_seconds']} |")
+              f"{fmt.format(r['app'])} | {seeded} | {fmt.format(r['sklearn'])} | {r['epochs']} ({r['status']}) | "
+              f"{r['app_seconds']} |")
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     target_file = results / f"sklearn_datasets-{stamp[:10]}.csv"

@@ -197,6 +197,18 @@ def test_reported_test_mse_is_predicts_mse_in_the_target_units_and_the_model_tra
     assert test["test_loss"] == pytest.approx(test["test_mse"] / scale**2, rel=1e-4)
 
 
+def test_evaluate_on_another_file_scores_in_the_target_units_with_the_stored_statistics(trained, tmp_path):
+    rows = list(range(0, N, 7))  # rows of every split: refitting anything would change the numbers
+    x, price = trained["x"][rows], trained["price"][rows]
+    path = write_csv(tmp_path / "more.csv", ["price", "c", "b", "a"],
+                     [[repr(p), repr(r[2]), repr(r[1]), repr(r[0])] for r, p in zip(x.tolist(), price.tolist())])
+    result = evaluate.evaluate(str(trained["regress"]), [f"data.path={path}"])
+    values = load_run(trained["regress"]).predict(x)
+    assert result["samples"] == len(rows)
+    assert result["metrics"]["all_mse"] == pytest.approx(float(np.mean((values - price) ** 2)), rel=1e-5)
+    assert result["metrics"]["all_mae"] == pytest.approx(float(np.mean(np.abs(values - price))), rel=1e-5)
+
+
 def test_every_epoch_reports_val_errors_in_the_target_units(trained):
     with open(trained["regress"] / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
