@@ -466,3 +466,14 @@ def test_import_app_stays_cheap():
     code = "import sys, app; print('torch' in sys.modules, callable(app.load_run), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
     assert out.split() == ["False", "True", "True"]  # torch comes with load_run, not with `import app`
+
+
+def test_runs_table_test_column_shows_task_metrics_and_the_seeds_spread():
+    from app.run.record import Status, Summary
+
+    single = Summary(Status.COMPLETED, test={"test_loss": 0.53, "test_mae": 45.57, "test_mse": 3148.8})
+    assert runs.test_text(single) == "mae 45.57 mse 3149"  # a scaled target's loss is not in its units
+    seeds = Summary(Status.COMPLETED, test={"test_loss": 0.2, "test_accuracy": 0.95},
+                    test_std={"test_loss": 0.01, "test_accuracy": 0.0135})
+    assert runs.test_text(seeds) == "acc 0.95 +- 0.0135"
+    assert runs.test_text(Summary(Status.COMPLETED, test={"test_loss": 0.25})) == "loss 0.25"

@@ -95,8 +95,10 @@ def test_text(summary: Summary | None) -> str:
     metrics = {key[len("test_"):] if key.startswith("test_") else key: value for key, value in summary.test.items()}
     if len(metrics) > 1:  # the task's metrics say it (a scaled regression's loss is not in the target's units)
         metrics.pop("loss", None)
+    stds = summary.test_std or {}  # a multi-seed run: mean +- std over its seeds
     for name, value in metrics.items():
-        parts.append(f"{_SHORT.get(name, name)} {_sig(value)}")
+        std = stds.get(f"test_{name}")
+        parts.append(f"{_SHORT.get(name, name)} {_sig(value)}" + (f" +- {_sig(std)}" if std is not None else ""))
     return " ".join(parts)
 
 
