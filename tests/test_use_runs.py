@@ -229,9 +229,12 @@ def test_load_run_undoes_the_target_scaling_and_old_checkpoints_without_it_still
     state = torch.load(trained["regress"] / "checkpoints" / "best.pt", weights_only=True)
     del state["inference"]["target_scaling"]
     torch.save(state, old / "checkpoints" / "best.pt")
+    config = OmegaConf.load(old / ".hydra" / "config.yaml")  # nor had its config the key
+    del config.data["target_scaling"]
+    OmegaConf.save(config, old / ".hydra" / "config.yaml")
     legacy = load_run(old)
     assert legacy.target_scaling is None and np.allclose(legacy.predict(x), raw.numpy()[:, 0])
-    result = evaluate.evaluate(str(old))  # its config has no data.target_scaling either
+    result = evaluate.evaluate(str(old))
     assert result["samples"] == len(split_of_the_runs()[2]) and result["metrics"]["test_mse"] > 0
 
 
