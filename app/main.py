@@ -24,6 +24,7 @@ from app.run.execute import execute
 from app.run.lock import RunDirLock
 from app.run.record import DamagedRecord, Status, Summary, interrupted_line, refusal, result_line, returned
 from app.run.seeds import train_seeds
+from app.search import packs
 from app.search.trial import current_trial
 from app.tools import preflight
 from app.train.distributed import is_main
@@ -38,6 +39,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Summary:
     resolve_mode(cfg)  # trainer.monitor (a list: its first) and trainer.mode (auto: min | max)
     trial = current_trial(cfg.trusted_modules) if is_main() else None
     try:
+        if trial is not None and packs.pack_file() is not None:  # a pack of sweep trials (app/search/packs.py)
+            return packs.run_pack_job(cfg, run_dir, trial)
         if cfg.seeds:
             summary = train_seeds(cfg, run_dir, execute, trial)
             if is_main():

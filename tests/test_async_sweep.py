@@ -75,7 +75,8 @@ def test_exit_reasons_name_the_signal_and_the_oom_killer():
 # ----------------------------------------------------------------------------- end to end
 SEARCH = ["--multirun", "hparams_search=regression_optuna", "hydra/sweeper/sampler=random",
           "model.nodes=32", "model.layers=2", "optimizer.weight_decay=0",
-          "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", *FAST]
+          "optimizer.lr=tag(log,interval(1e-3,1e-2))", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", *FAST,
+          "pack=false"]  # one trial per job (packs of trials: tests/test_pack_sweep.py)
 STUDY = "train-regression_optuna"
 
 

@@ -88,7 +88,8 @@ def test_the_report_reads_a_postgresql_study_and_refuses_an_unreachable_one(post
 WORKER_ARGS = ["--multirun", "hparams_search=regression_optuna", "hydra/sweeper/sampler=random",
                "model.nodes=16", "model.layers=2", "optimizer.weight_decay=0", "~callbacks.early_stopping",
                *[a for a in FAST if not a.startswith("trainer.epochs")], "trainer.epochs=8",
-               "~hydra.callbacks.sweep_summary"]  # the test reports the study itself, once
+               "~hydra.callbacks.sweep_summary",  # the test reports the study itself, once
+               "pack=false"]  # one trial per job (packs of trials: tests/test_pack_sweep.py)
 
 
 def start_worker(tmp_path: Path, index: int, storage: str, n_trials: int, *extra: str) -> subprocess.Popen:

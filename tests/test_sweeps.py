@@ -19,7 +19,8 @@ from tests.conftest import FAST, run_dirs
 pytestmark = pytest.mark.slow
 SEARCH = ["--multirun", "hparams_search=regression_optuna", "hydra/sweeper/sampler=random",
           # one swept parameter; the preset's others fixed so that the trials differ only in lr
-          "model.nodes=32", "model.layers=2", "optimizer.weight_decay=0"]
+          "model.nodes=32", "model.layers=2", "optimizer.weight_decay=0",
+          "pack=false"]  # one trial per job (packs of trials: tests/test_pack_sweep.py)
 STUDY = "train-regression_optuna"
 
 

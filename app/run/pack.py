@@ -23,7 +23,8 @@ from app.errors import ConfigError
 from app.run.build import Run, build_run
 from app.run.device import describe
 from app.run.provenance import config_hash
-from app.run.record import Status, Summary, objective, provenance, result_line, write_json
+from app.config import objective_names
+from app.run.record import Status, Summary, objective, objective_values, provenance, result_line, write_json
 from app.run.resume import Resumption
 from app.train.packed import PackedTrainer, unpackable, unpackable_config
 
@@ -45,28 +46,63 @@ def pack_size(cfg: DictConfig, runs: int) -> int:
 
 
 def execute_pack(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], *, names: Sequence[str],
-                 group: str | None = None, resumptions: Sequence[Resumption | None] | None = None
-                 ) -> list[Summary] | None:
+                 group: str | None = None, resumptions: Sequence[Resumption | None] | None = None,
+                 trials: Sequence[Any] | None = None, overrides: Sequence[list[str]] | None = None,
+                 isolate: bool = False) -> list[Summary] | None:
     """Train the runs `cfgs[i]` in `run_dirs[i]` as one pack; each member's summary, in order.
     None (nothing written) when they cannot be packed: a notice names why; the caller trains
-    them one at a time. `resumptions[i]`: continue member i from its checkpoints."""
+    them one at a time. `resumptions[i]`: continue member i from its checkpoints. A sweep's
+    pack (app/search/packs.py) passes each member's Optuna `trials[i]` (it reports to it and may
+    be pruned by it), its `overrides[i]` for provenance.json (default: the job's), and
+    `isolate=True`: a member whose run cannot be built fails alone (its summary says why)."""
     reason = unpackable_config(cfgs[0])
     if reason is not None:
         log.info("pack: training one run at a time: %s", reason)
         return None
     resumptions = list(resumptions or [None] * len(cfgs))
-    runs = [build_run(cfg, run_dir, run_name=name, group=group)
-            for cfg, run_dir, name in zip(cfgs, run_dirs, names)]
+    trials = list(trials or [None] * len(cfgs))
+    overrides = list(overrides or [list(HydraConfig.get().overrides.task)] * len(cfgs))
+    failed: dict[int, Summary] = {}
+    runs = []
+    for i, (cfg, run_dir, name) in enumerate(zip(cfgs, run_dirs, names)):
+        try:
+            runs.append(build_run(cfg, run_dir, run_name=name, group=group, trial=trials[i]))
+        except Exception as error:  # noqa: BLE001 - with isolate: this member fails, the others train
+            if not isolate:
+                raise
+            log.warning("pack: %s cannot be built: %s: %s", run_dir, type(error).__name__, error)
+            failed[i] = Summary(Status.FAILED, monitor=cfg.trainer.monitor, mode=cfg.trainer.mode,
+                                error=f"{type(error).__name__}: {error}")
+            if trials[i] is not None:
+                failed[i].trial = trials[i].describe(Status.FAILED)
+            failed[i].write(run_dir)
+    if failed:  # the others train on; the caller gets every member's summary, in order
+        if not runs:
+            return [failed[i] for i in range(len(cfgs))]
+        kept = [i for i in range(len(cfgs)) if i not in failed]
+        summaries = _train(runs, [cfgs[i] for i in kept], [run_dirs[i] for i in kept],
+                           [resumptions[i] for i in kept], [trials[i] for i in kept], [overrides[i] for i in kept])
+        if summaries is None:
+            return None
+        by_index = dict(zip(kept, summaries))
+        return [failed.get(i) or by_index[i] for i in range(len(cfgs))]
+    return _train(runs, cfgs, run_dirs, resumptions, trials, overrides)
+
+
+def _train(runs: list[Run], cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
+           resumptions: Sequence[Resumption | None], trials: Sequence[Any], overrides: Sequence[list[str]]
+           ) -> list[Summary] | None:
+    """Train the built `runs` as one pack (see execute_pack); None when they cannot be packed."""
     reason = unpackable(runs)
     if reason is not None:
         log.info("pack: training one run at a time: %s", reason)
         for run in runs:
             run.release()
         return None
-    for cfg, run_dir, run, resumption in zip(cfgs, run_dirs, runs, resumptions):
+    for cfg, run_dir, run, resumption, args in zip(cfgs, run_dirs, runs, resumptions, overrides):
         if resumption is None:
             write_json(run_dir / "provenance.json", provenance(
-                describe(run.device), list(HydraConfig.get().overrides.task), config_hash(cfg)))
+                describe(run.device), list(args), config_hash(cfg)))
         else:
             resumption.restore(run.trainer, run.train, run.checkpoint, describe(run.device), cfg)
     log.info("pack of %d runs: %s", len(runs), runs[0].describe())
@@ -88,8 +124,14 @@ def execute_pack(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], *, names:
         raise
     finally:
         wall = round(time.time() - started, 3)
-        for cfg, run_dir, run, summary in zip(cfgs, run_dirs, runs, summaries):
+        for cfg, run_dir, run, summary, trial in zip(cfgs, run_dirs, runs, summaries, trials):
             summary.objective = objective(summary.status, summary.best, cfg.trainer.mode)
+            if len(objective_names(cfg)) > 1:  # several objectives: each metric at the best epoch
+                at_best = next((m for m in run.trainer.history if m.get("epoch") == summary.best_epoch), None)
+                summary.objectives = objective_values(summary.status, at_best, objective_names(cfg),
+                                                      cfg.trainer.mode)
+            if trial is not None:
+                summary.trial = trial.describe(summary.status)
             summary.wall_time_s = wall
             summary.write(run_dir)
             for callback in run.callbacks:

@@ -27,6 +27,9 @@ plugin's search-space parsing, trial configuration and launcher, and changes the
   `max_retries` times. Any other launcher gets one `launch([job])` per free slot, from a thread.
 - With a parallel launcher and several GPUs, a starting trial gets a `device.index` that no
   running trial uses (round-robin).
+- Packs (`pack=auto|K`, app/search/packs.py): trials of one model shape are asked several at a
+  time and train together as one job, each member a real trial told from its own run dir;
+  `pack=false`: one trial per job.
 - Several directions (a list `trainer.monitor`): as many as the monitored metrics; no pruning
   (Optuna cannot prune multi-objective studies); `optimization_results.yaml` lists the Pareto front.
 """
@@ -61,6 +64,7 @@ from app.run.record import Status, Summary
 from app.search.internals import stale_trial_ids
 from app.search.internals import storage as storage_of
 from app.search.internals import trial_id
+from app.search import packs
 from app.search.pool import InlineRunner, JobExited, ThreadRunner, WorkerDied, WorkerPool
 from app.search.study import (
     TRIAL_ENV,
@@ -405,6 +409,7 @@ class StudySweeper(OptunaSweeperImpl):
         self._check_loop_settings()
         self._build_plugin_objects()
         space, fixed, fixed_overrides, is_grid = self._search_space(arguments)
+        self.packer = self._packer(space, is_grid)
         direction = ",".join(self.directions)
         launch_dir = self.config.hydra.runtime.cwd
         self.study_name = self.study_name or self.config.hydra.job.name
@@ -456,7 +461,13 @@ class StudySweeper(OptunaSweeperImpl):
         devices: dict[int, int | None] = {}  # trial number -> device.index of its job
         failed: list[JobReturn | BaseException] = []
         waiting_for, stopping, starting = None, False, None
-        heartbeat = self._beat_for(lambda: [trial_id(t) for t in [*list(running.values()), starting] if t is not None])
+        packer = getattr(self, "packer", None)  # packs of trials (app/search/packs.py), or None
+
+        def held() -> list:  # trials this loop has asked and not told: running, starting, in packs
+            return [t for t in [*list(running.values()), starting, *(packer.held() if packer else [])]
+                    if t is not None]
+
+        heartbeat = self._beat_for(lambda: [trial_id(t) for t in held()])
         try:
             while True:
                 study = self._open()
@@ -467,18 +478,28 @@ class StudySweeper(OptunaSweeperImpl):
                     break
                 busy = sum(t.state == TrialState.RUNNING for t in known)  # any worker's, ours too
                 free = min(to_go - busy, runner.slots - len(running))
+                if packer is not None:  # a slot takes a pack; waiting trials count as busy
+                    free = packer.free(to_go - busy, runner.slots - len(running))
                 if stopping or (self.batch_barrier and running):
                     free = 0
                 if free > 0:
                     waiting_for = None
-                    trials = self._ask(study, free)
-                    overrides = self._configure_trials(trials, space, fixed, fixed_overrides) if trials else []
-                    for trial, job in zip(trials, overrides):
+                    if packer is not None:
+                        launches = packer.next_packs(study, free, to_go - busy, space, fixed, fixed_overrides)
+                    else:
+                        trials = self._ask(study, free)
+                        overrides = self._configure_trials(trials, space, fixed, fixed_overrides) if trials else []
+                        launches = (([trial], job) for trial, job in zip(trials, overrides))
+                    for members, job in launches:
+                        trial = members[0]
                         gpu = pick_gpu([d for d in devices.values() if d is not None], gpus)
                         job = (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial_id(trial)}",
                                *([f"device.index={gpu}"] if gpu is not None else []))
                         devices[trial.number], starting = gpu, trial
-                        running[runner.start(job, trial.number)] = trial
+                        future = runner.start(job, trial.number)
+                        running[future] = trial
+                        if packer is not None:
+                            packer.started(future, members)
                         starting = None
                         self.job_idx = max(self.job_idx or 0, trial.number + 1)
                     continue
@@ -494,18 +515,21 @@ class StudySweeper(OptunaSweeperImpl):
                 told = self._open() if done else None
                 for future in done:
                     trial = running[future]
-                    outcome, failure = self._tell_job(told, trial, future)
+                    told_all = packer.tell(told, future) if packer is not None else None
+                    if told_all is None:
+                        told_all = [self._tell_job(told, trial, future)]
                     del running[future]  # (after telling: a job that stops the sweep is abandoned with the rest)
                     devices.pop(trial.number, None)
-                    if outcome is not None and outcome.state == TrialState.FAIL and failure is not None:
-                        failed.append(failure)
+                    for outcome, failure in told_all:
+                        if outcome is not None and outcome.state == TrialState.FAIL and failure is not None:
+                            failed.append(failure)
                 if failed and len(failed) > self.max_failure_rate * planned and not stopping:
                     stopping = True
                     log.error("%d trials failed, more than max_failure_rate=%s of the %d this sweep set out "
                               "to run: stopping%s", len(failed), self.max_failure_rate, planned,
                               f" once the {len(running)} running trials end" if running else "")
         except BaseException as error:
-            self._abandon([*running.values(), *([starting] if starting is not None else [])], error)
+            self._abandon(held(), error)
             if isinstance(error, JobExited):
                 sys.exit(error.code)
             raise
@@ -706,6 +730,25 @@ class StudySweeper(OptunaSweeperImpl):
             log.info("Grid sampler: n_trials = %d (the grid's size, at most)", self.n_trials)
         return space, fixed, fixed_overrides, is_grid
 
+    def _packer(self, space: dict, is_grid: bool) -> "packs.Packer | None":
+        """Packs of trials (app/search/packs.py) for this sweep, or None (one trial per job; a
+        one-line notice says why when `pack` asked for packs). A packed TPE search is rebuilt
+        with constant_liar=True (several trials are asked before their results are known)."""
+        self._sampler_options = {}
+        size, reason = packs.sweep_pack_size(self.config, space, self.n_trials)
+        if reason is not None:
+            log.info("pack: one trial per job: %s", reason)
+        if size < 2:
+            return None
+        if not is_grid:
+            self._sampler_options = packs.sampler_options(self.config)
+            if self._sampler_options:
+                self.sampler = self._build(self.config.hydra.sweeper.sampler, "hydra.sweeper.sampler",
+                                           **getattr(self, "_sampler_options", {}))
+        log.info("pack: up to %d trials of one model shape train together as one job%s", size,
+                 f" (sampler {type(self.sampler).__name__} with constant_liar=True)" if self._sampler_options else "")
+        return packs.Packer(self, size)
+
     def _open(self):
         return load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler,
                           storage=self._storage())
@@ -720,7 +763,9 @@ class StudySweeper(OptunaSweeperImpl):
         Compared: the command's overrides, the search space, the fixed parameters, the monitored
         metrics (wherever they were set) and the study's directions."""
         search = {
-            "overrides": sorted(str(o) for o in self.config.hydra.overrides.task),
+            # `pack` changes how trials are trained together, not what they compute: not compared
+            "overrides": sorted(str(o) for o in self.config.hydra.overrides.task
+                                if str(o).split("=")[0].lstrip("+~") != "pack"),
             "search_space": {name: repr(d) for name, d in sorted(space.items())},
             "fixed": {name: str(v) for name, v in sorted(fixed.items())},
             "monitor": self._monitor(),
@@ -790,7 +835,8 @@ class StudySweeper(OptunaSweeperImpl):
         seed by the number of trials the study already has (deterministic for a given study)."""
         node = self.config.hydra.sweeper.sampler
         if node is not None and node.get("seed") is not None:
-            self.sampler = self._build(node, "hydra.sweeper.sampler", seed=int(node.seed) + existing_trials)
+            self.sampler = self._build(node, "hydra.sweeper.sampler", seed=int(node.seed) + existing_trials,
+                                       **getattr(self, "_sampler_options", {}))
 
     def _gpus_to_share(self, parallel: int) -> int:
         """GPUs to spread concurrent trials over: 0 unless trials run in parallel processes, the
