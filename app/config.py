@@ -184,6 +184,7 @@ class FileDataConf(SplitConf):
     exclude: List[str] = MISSING  # names or patterns left out when features is None (or matched by a pattern)
     task: str = MISSING  # auto | regression | classification (auto: inferred from the target)
     scaling: str = MISSING  # standard | minmax | none: fitted on the train split only
+    target_scaling: str = MISSING  # regression targets: standard | minmax | none (train split only)
 
 
 @dataclass

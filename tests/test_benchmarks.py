@@ -77,3 +77,18 @@ def test_async_sweep_benchmark_runs_and_ends_with_its_ratio():
     assert lines[-1].startswith("ratio=") and lines[-1].endswith(" target=1.3")
     rows = [line for line in lines if line.startswith("| 2 |")]
     assert [row.split(" | ")[1] for row in rows] == ["barrier", "no barrier"]
+
+
+def test_sklearn_datasets_benchmark_scores_the_app_and_the_baseline_on_the_run_split(tmp_path):
+    """One data set, a few epochs: the CSV export, the one-line command, the baseline on the run's
+    own split (the script checks the run's checkpoint scores its summary on those rows)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sklearn_datasets.py"), "--datasets", "wine",
+                           "--seeds", "0", "--threads", "1", "--out", str(tmp_path / "data"), "--runs",
+                           str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--extra", "trainer.epochs=3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "$ python -m app data=file data.path=" in proc.stdout and "data.target=cultivar" in proc.stdout
+    [row] = [line for line in proc.stdout.splitlines() if line.startswith("| wine |")]
+    assert "| 178 | 13 | classification | 106/36/36 | test_accuracy |" in row
+    [written] = (tmp_path / "results").glob("sklearn_datasets-*.csv")
+    assert written.read_text().startswith("dataset,rows,features,task,split,metric,app,sklearn")

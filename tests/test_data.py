@@ -24,6 +24,17 @@ from app.errors import ConfigError
 from tests.conftest import options_of
 
 
+# `load_table` takes every option as a keyword (conf/data/file.yaml holds the app's defaults:
+# standard scaling, a test split, task auto); these tests were written for plain data.
+PLAIN = dict(exclude=[], task="regression", scaling="none", target_scaling="none", val_fraction=0.2,
+             test_fraction=0.0, seed=0)
+
+
+def plain_table(path, features, target, **options):
+    """`load_table` of `path`'s `features` -> `target` with PLAIN options unless given."""
+    return load_table(path=path, features=features, target=target, **{**PLAIN, **options})
+
+
 # ----------------------------------------------------------------------------- helpers
 def all_rows(data: DataSplits) -> tuple[torch.Tensor, torch.Tensor]:
     """x and y of every split concatenated (train, val, test)."""
@@ -220,6 +231,16 @@ def test_data_error_survives_pickling() -> None:
 
 
 # ----------------------------------------------------------------------------- load_table
+def test_load_table_takes_every_option_of_the_yaml_by_keyword_and_has_no_defaults_of_its_own():
+    import inspect
+
+    parameters = inspect.signature(load_table).parameters.values()
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty for p in parameters)
+    assert {p.name for p in parameters} == set(options_of("data", "file"))  # conf/data/file.yaml is the one copy
+    with pytest.raises(TypeError):
+        load_table("x.csv", None, "y")  # noqa -- positional: refused
+
+
 @pytest.fixture
 def table_csv(tmp_path: Path) -> Path:
     """20 rows: a = i, b = 2i + 1, y = a + b, label = string class of i % 3."""
@@ -229,7 +250,7 @@ def table_csv(tmp_path: Path) -> Path:
 
 
 def test_load_csv_regression(table_csv: Path) -> None:
-    data = load_table(str(table_csv), ["a", "b"], "y", val_fraction=0.25)
+    data = plain_table(str(table_csv), ["a", "b"], "y", val_fraction=0.25)
     assert data.task == "regression" and data.in_features == 2 and data.out_features == 1
     assert (len(data.train), len(data.val), data.test) == (15, 5, None)
     x, y = all_rows(data)
@@ -241,7 +262,7 @@ def test_load_csv_regression(table_csv: Path) -> None:
 
 def test_load_csv_relative_path_uses_cwd_without_hydra(table_csv: Path, monkeypatch) -> None:
     monkeypatch.chdir(table_csv.parent)
-    assert load_table("table.csv", ["a"], "y", val_fraction=0.25).in_features == 1
+    assert plain_table("table.csv", ["a"], "y", val_fraction=0.25).in_features == 1
 
 
 def test_load_csv_relative_path_uses_hydra_original_cwd(
@@ -258,13 +279,13 @@ def test_load_csv_relative_path_uses_hydra_original_cwd(
     monkeypatch.chdir(run_dir)  # Hydra runs jobs inside their output directory
     HydraConfig.instance().set_config(cfg)
     try:
-        assert len(load_table("table.csv", ["a"], "y", val_fraction=0.25).train) == 15
+        assert len(plain_table("table.csv", ["a"], "y", val_fraction=0.25).train) == 15
     finally:
         HydraConfig.instance().cfg = None
 
 
 def test_load_csv_string_labels_map_to_sorted_indices(table_csv: Path) -> None:
-    data = load_table(str(table_csv), ["a"], "label", task="classification", val_fraction=0.25,
+    data = plain_table(str(table_csv), ["a"], "label", task="classification", val_fraction=0.25,
                       test_fraction=0.25)
     assert data.task == "classification" and data.out_features == 3 and data.test is not None
     x, y = all_rows(data)
@@ -278,7 +299,7 @@ def test_load_csv_string_labels_map_to_sorted_indices(table_csv: Path) -> None:
 def test_load_integer_labels_map_numerically(tmp_path: Path) -> None:
     raw = [10, 5, 20, 10, 5, 20, 10, 5, 20, 10]
     path = write_csv(tmp_path / "c.csv", ["f", "cls"], [[i, c] for i, c in enumerate(raw)])
-    data = load_table(str(path), ["f"], "cls", task="classification")
+    data = plain_table(str(path), ["f"], "cls", task="classification")
     x, y = all_rows(data)
     mapping = {5: 0, 10: 1, 20: 2}
     assert torch.equal(y, torch.tensor([mapping[raw[int(i)]] for i in x[:, 0]]))
@@ -290,7 +311,7 @@ def test_load_npz_with_2d_features_and_multi_target(tmp_path: Path) -> None:
     extra = np.linspace(0, 1, n)
     path = tmp_path / "d.npz"
     np.savez(path, X=feats, e=extra, t1=feats.sum(1), t2=-extra, unused=np.zeros(7))
-    data = load_table(str(path), ["X", "e"], ["t1", "t2"], val_fraction=0.2, test_fraction=0.1)
+    data = plain_table(str(path), ["X", "e"], ["t1", "t2"], val_fraction=0.2, test_fraction=0.1)
     assert data.in_features == 4 and data.out_features == 2
     assert (len(data.train), len(data.val), len(data.test)) == (21, 6, 3)
     x, y = all_rows(data)
@@ -302,14 +323,14 @@ def test_load_npz_string_labels(tmp_path: Path) -> None:
     labels = np.array(["b", "a"] * 10)
     path = tmp_path / "d.npz"
     np.savez(path, f=(labels == "b").astype(np.float32), lab=labels)
-    x, y = all_rows(load_table(str(path), ["f"], "lab", task="classification"))
+    x, y = all_rows(plain_table(str(path), ["f"], "lab", task="classification"))
     assert torch.equal(y, x[:, 0].long())  # "a" -> 0, "b" -> 1
 
 
 def test_load_missing_file_names_the_resolved_path(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as excinfo:
-        load_table("nope/missing.csv", ["a"], "y")
+        plain_table("nope/missing.csv", ["a"], "y")
     message = assert_data_error(excinfo, "data.path")
     assert str(tmp_path / "nope" / "missing.csv") in message
 
@@ -318,7 +339,7 @@ def test_load_unsupported_suffix(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     path.write_text("a,y\n1,2\n")
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(path), ["a"], "y")
+        plain_table(str(path), ["a"], "y")
     message = assert_data_error(excinfo, "data.path")
     assert ".csv" in message and ".npz" in message
 
@@ -335,7 +356,7 @@ def test_load_unsupported_suffix(tmp_path: Path) -> None:
 )
 def test_load_bad_column_choices(table_csv: Path, features, target, key, fragment) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(table_csv), features, target)
+        plain_table(str(table_csv), features, target)
     message = assert_data_error(excinfo, key)
     assert fragment in message
     if "not found" in message:
@@ -344,7 +365,7 @@ def test_load_bad_column_choices(table_csv: Path, features, target, key, fragmen
 
 def test_load_unknown_column_lists_available_names(table_csv: Path) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(table_csv), ["colour"], "y")
+        plain_table(str(table_csv), ["colour"], "y")
     message = assert_data_error(excinfo, "data.features")
     assert "column names in the file: a, b, y, label" in message
 
@@ -353,7 +374,7 @@ def test_load_non_numeric_feature_names_column_and_row(tmp_path: Path) -> None:
     rows = [[1, 2], [2, 3], ["abc", 4], [4, 5], [5, 6]]
     path = write_csv(tmp_path / "t.csv", ["a", "y"], rows)
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(path), ["a"], "y")
+        plain_table(str(path), ["a"], "y")
     message = assert_data_error(excinfo, "data.features")
     assert "'a'" in message and "'abc'" in message and "row 3" in message and "line 4" in message
 
@@ -366,13 +387,13 @@ def test_load_rejects_missing_and_non_finite_values(tmp_path: Path, cell_a, cell
     rows = [[i, i] for i in range(10)] + [[cell_a, cell_y]]
     path = write_csv(tmp_path / "t.csv", ["a", "y"], rows)
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(path), ["a"], "y")
+        plain_table(str(path), ["a"], "y")
     assert "row 11" in assert_data_error(excinfo, key)
 
 
 def test_load_rejects_unknown_task(table_csv: Path) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(table_csv), ["a"], "y", task="ranking")
+        plain_table(str(table_csv), ["a"], "y", task="ranking")
     message = assert_data_error(excinfo, "data.task")
     assert all(task in message for task in TASKS)
 
@@ -381,7 +402,7 @@ def test_load_npz_mismatched_lengths(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     np.savez(path, a=np.zeros(10), y=np.zeros(9))
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(path), ["a"], "y")
+        plain_table(str(path), ["a"], "y")
     message = assert_data_error(excinfo, "data.path")
     assert "a: 10" in message and "y: 9" in message
 
@@ -389,7 +410,7 @@ def test_load_npz_mismatched_lengths(tmp_path: Path) -> None:
 def test_load_too_few_rows_for_the_splits(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "t.csv", ["a", "y"], [[1, 2], [2, 3]])
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(path), ["a"], "y", val_fraction=0.2)
+        plain_table(str(path), ["a"], "y", val_fraction=0.2)
     assert "2 data rows" in assert_data_error(excinfo, "data.path")
 
 
@@ -397,7 +418,7 @@ def test_load_ragged_csv_row(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text("a,y\n1,2\n3\n")
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(path), ["a"], "y")
+        plain_table(str(path), ["a"], "y")
     assert "Line 3" in assert_data_error(excinfo, "data.path")
 
 
@@ -412,7 +433,7 @@ def test_load_ragged_csv_row(tmp_path: Path) -> None:
 def test_load_bad_classification_targets(tmp_path: Path, labels, target, fragment) -> None:
     path = write_csv(tmp_path / "t.csv", ["x", "a", "y"], [[i, i, v] for i, v in enumerate(labels)])
     with pytest.raises(ConfigError) as excinfo:
-        load_table(str(path), ["x"], target, task="classification")
+        plain_table(str(path), ["x"], target, task="classification")
     assert fragment in assert_data_error(excinfo, "data.target")
 
 

@@ -180,6 +180,45 @@ def test_a_disk_full_mid_run_gives_one_paragraph_keeps_the_records_and_resumes(t
     assert Summary.read(run).status == Status.COMPLETED
 
 
+# Writes of a seed of 3 epochs, one seed after the other: provenance.json, metrics.csv header,
+# per epoch last.pt and a row, summary.json: 9. The 2nd seed's 5th write is its epoch-2 last.pt.
+# Packed, the members write in turn: the 9th write is seed 2's first last.pt.
+@pytest.mark.slow
+@pytest.mark.parametrize("pack, write", [("false", 14), ("auto", 9)])
+def test_a_disk_full_in_the_second_seed_keeps_finished_seeds_and_resumes_the_run(tmp_path, pack, write):
+    proc = run_app(tmp_path, *FAST, "trainer.epochs=3", "seeds=[1,2,3]", f"pack={pack}", "trainer.threads=1",
+                   APP_TEST_KILL_AT=f"disk_full:{write}")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [paragraph] = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    [run] = run_dirs(tmp_path)  # the run's .hydra/ is in the run dir, not in its seeds' dirs
+    shown = run.relative_to(tmp_path)
+    assert "disk holding the run directory is full" in paragraph and "seed_2/checkpoints/" in paragraph
+    assert f"continue the run with: python -m app resume={shown} " in paragraph  # the run, not a seed
+    assert "summary.json says failed" in paragraph
+    summary = Summary.read(run)
+    assert summary.status == Status.FAILED and "No space left" in summary.error
+    statuses = {s["seed"]: s["status"] for s in summary.per_seed}
+    if pack == "false":  # seed 1 finished before the disk filled: kept as it was
+        assert "Kept: seed_1 completed (its summary.json); seed_2 metrics.csv (1 epoch), " \
+               "checkpoints/last.pt (after epoch 1);" in paragraph
+        assert statuses == {1: "completed", 2: "failed"} and not (run / "seed_3").exists()
+        finished = {name: (run / "seed_1" / name).read_bytes() for name in ("summary.json", "metrics.csv")}
+        assert Summary.read(run / "seed_1").status == Status.COMPLETED
+    else:  # the pack stopped together: no seed is marked finished
+        assert set(statuses.values()) == {"failed"} and "seed_1 metrics.csv (1 epoch)" in paragraph
+        finished = {}
+    assert all(Summary.read(d).status == Status.FAILED for d in run.glob("seed_*") if d.name != "seed_1" or pack != "false")
+    assert not list(run.rglob("*.tmp"))
+    resumed = run_app(tmp_path, paragraph.split("python -m app ")[1].split(" ")[0])  # the command it printed
+    assert resumed.returncode == 0, resumed.stderr
+    for seed in (1, 2, 3):
+        assert csv_column(run / f"seed_{seed}", "epoch") == ["1", "2", "3"]
+    after = Summary.read(run)
+    assert after.status == Status.COMPLETED and [s["status"] for s in after.per_seed] == ["completed"] * 3
+    assert all((run / "seed_1" / name).read_bytes() == data for name, data in finished.items())
+
+
 # ----------------------------------------------------------------------------- W&B
 def test_wandb_mode_defaults_to_the_environment_and_an_override_wins(compose_cfg, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)

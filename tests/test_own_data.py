@@ -19,6 +19,17 @@ from app.run import build
 from tests.conftest import run_dirs
 
 
+# `load_table` takes every option as a keyword (conf/data/file.yaml holds the app's defaults:
+# standard scaling, a test split, task auto); these tests were written for plain data.
+PLAIN = dict(exclude=[], task="regression", scaling="none", target_scaling="none", val_fraction=0.2,
+             test_fraction=0.0, seed=0)
+
+
+def plain_table(path, features, target, **options):
+    """`load_table` of `path`'s `features` -> `target` with PLAIN options unless given."""
+    return load_table(path=path, features=features, target=target, **{**PLAIN, **options})
+
+
 def write_csv(path: Path, header: list[str], rows) -> Path:
     path.write_text("\n".join([",".join(header)] + [",".join(map(str, r)) for r in rows]) + "\n")
     return path
@@ -47,7 +58,7 @@ def cancer_csv(tmp_path) -> Path:
 def test_values_beyond_float32_are_refused_naming_file_column_and_row(tmp_path, value):
     path = write_csv(tmp_path / "big.csv", ["a", "b", "y"], [[1, 2, 3], [4, value, 6], [7, 8, 9], [1, 1, 1]])
     with pytest.raises(ConfigError) as caught:
-        load_table(str(path), ["a", "b"], "y")
+        plain_table(str(path), ["a", "b"], "y")
     message = str(caught.value)
     assert caught.value.key == "data.features" and "'b'" in message and "row 2 (line 3 of the file)" in message
     assert str(path) in message and "float32" in message and "3.402823e+38" in message
@@ -56,14 +67,14 @@ def test_values_beyond_float32_are_refused_naming_file_column_and_row(tmp_path, 
 def test_target_beyond_float32_is_refused(tmp_path):
     path = write_csv(tmp_path / "big.csv", ["a", "y"], [[1, 3], [4, 6], [7, -1e300], [1, 1]])
     with pytest.raises(ConfigError, match=r"Column 'y' has value -1e\+300 at row 3") as caught:
-        load_table(str(path), ["a"], "y")
+        plain_table(str(path), ["a"], "y")
     assert caught.value.key == "data.target"
 
 
 def test_float32_max_itself_is_accepted(tmp_path):
     big = float(np.finfo(np.float32).max)
     path = write_csv(tmp_path / "edge.csv", ["a", "y"], [[repr(big), 1], [1, 2], [2, 3], [3, 4], [4, 5]])
-    data = load_table(str(path), ["a"], "y")
+    data = plain_table(str(path), ["a"], "y")
     assert torch.isfinite(torch.cat([data.train.x, data.val.x])).all()
 
 
@@ -75,15 +86,15 @@ def mixed_csv(tmp_path) -> Path:
 
 
 def test_features_default_to_every_other_column_less_exclude(mixed_csv):
-    data = load_table(str(mixed_csv), None, "label", exclude=["id", "date"], scaling="standard")
+    data = plain_table(str(mixed_csv), None, "label", exclude=["id", "date"], scaling="standard")
     assert data.scaling.features == ["pixel_1", "pixel_2", "other"] and data.in_features == 3
 
 
 def test_feature_patterns_and_exclude_patterns(mixed_csv):
-    assert load_table(str(mixed_csv), "pixel_*", "label", scaling="minmax").scaling.features == ["pixel_1", "pixel_2"]
-    data = load_table(str(mixed_csv), ["other", "pixel_?"], "label", scaling="minmax")
+    assert plain_table(str(mixed_csv), "pixel_*", "label", scaling="minmax").scaling.features == ["pixel_1", "pixel_2"]
+    data = plain_table(str(mixed_csv), ["other", "pixel_?"], "label", scaling="minmax")
     assert data.scaling.features == ["other", "pixel_1", "pixel_2"]
-    data = load_table(str(mixed_csv), None, "label", exclude=["id", "d*", "pixel_2"], scaling="minmax")
+    data = plain_table(str(mixed_csv), None, "label", exclude=["id", "d*", "pixel_2"], scaling="minmax")
     assert data.scaling.features == ["pixel_1", "other"]
 
 
@@ -94,7 +105,7 @@ def test_feature_patterns_and_exclude_patterns(mixed_csv):
 ])
 def test_unknown_name_or_empty_pattern_lists_the_columns(mixed_csv, features, exclude, what):
     with pytest.raises(ConfigError) as caught:
-        load_table(str(mixed_csv), features, "label", exclude=exclude)
+        plain_table(str(mixed_csv), features, "label", exclude=exclude)
     message = str(caught.value)
     assert what in message and "id, pixel_1, pixel_2, other, label, date" in message
     assert len(message.splitlines()) == 1
@@ -102,16 +113,16 @@ def test_unknown_name_or_empty_pattern_lists_the_columns(mixed_csv, features, ex
 
 def test_a_text_column_left_in_the_features_is_named(mixed_csv):
     with pytest.raises(ConfigError, match="'date' has non-numeric value '2024-01-01'"):
-        load_table(str(mixed_csv), None, "label", exclude=["id"])
+        plain_table(str(mixed_csv), None, "label", exclude=["id"])
 
 
 # ----------------------------------------------------------------------------- task inference
 def test_task_inferred_and_logged(wine_csv, cancer_csv, mixed_csv, caplog):
     with caplog.at_level(logging.INFO):
-        wine = load_table(str(wine_csv), None, "target", task="auto")
-        cancer = load_table(str(cancer_csv), None, "target", task="auto")
-        ids = load_table(str(mixed_csv), ["pixel_1"], "id", task="auto")  # 60 distinct integers
-        fractional = load_table(str(mixed_csv), ["id"], "pixel_1", task="auto")
+        wine = plain_table(str(wine_csv), None, "target", task="auto")
+        cancer = plain_table(str(cancer_csv), None, "target", task="auto")
+        ids = plain_table(str(mixed_csv), ["pixel_1"], "id", task="auto")  # 60 distinct integers
+        fractional = plain_table(str(mixed_csv), ["id"], "pixel_1", task="auto")
     assert (wine.task, wine.out_features) == ("classification", 3)
     assert (cancer.task, cancer.out_features) == ("classification", 2)
     assert ids.task == fractional.task == "regression"
@@ -123,7 +134,7 @@ def test_task_inferred_and_logged(wine_csv, cancer_csv, mixed_csv, caplog):
 
 
 def test_explicit_task_wins_over_inference(wine_csv):
-    assert load_table(str(wine_csv), None, "target", task="regression").task == "regression"
+    assert plain_table(str(wine_csv), None, "target", task="regression").task == "regression"
 
 
 # ----------------------------------------------------------------------------- scaling
@@ -131,7 +142,7 @@ def test_explicit_task_wins_over_inference(wine_csv):
 def test_scaling_is_fitted_on_the_train_split_only(wine_csv, method):
     raw = np.loadtxt(wine_csv, delimiter=",", skiprows=1)[:, 1:14]  # the 13 features, file order
     train_idx, val_idx, test_idx = split_indices(len(raw), 0.2, 0.2, 0)
-    data = load_table(str(wine_csv), None, "target", exclude=["id"], task="classification",
+    data = plain_table(str(wine_csv), None, "target", exclude=["id"], task="classification",
                       scaling=method, test_fraction=0.2, seed=0)
     train_raw = torch.tensor(raw[train_idx.numpy()], dtype=torch.float32)
     full_raw = torch.tensor(raw, dtype=torch.float32)

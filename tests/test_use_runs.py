@@ -62,7 +62,7 @@ def trained(tmp_path_factory):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(N, 3)) * [1.0, 10.0, 1000.0] + [0.0, 50.0, 5000.0]
     kinds = np.array(["cat", "dog", "eel"])[(x[:, 0] > 0).astype(int) + (x[:, 1] > 50).astype(int)]
-    price = 300.0 * x[:, 0] + 20.0 * x[:, 1] + 0.5 * x[:, 2]
+    price = 3000.0 * x[:, 0] + 200.0 * x[:, 1] + 5.0 * x[:, 2]  # ~3.5e4 +- 6e3: a target in large units
     write_csv(root / "animals.csv", ["id", "a", "b", "c", "kind"],
               [[i, *map(repr, row), k] for i, (row, k) in enumerate(zip(x.tolist(), kinds))])
     write_csv(root / "prices.csv", ["a", "b", "c", "price"],
@@ -167,6 +167,75 @@ def test_predict_regression_values_are_in_the_target_units(trained, tmp_path):
     assert header == ["price"]
     values = np.array([float(r[0]) for r in rows])
     assert float(np.mean(np.abs(values - price))) == pytest.approx(summary(trained["regress"])["test"]["test_mae"], rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- target scaling
+def test_a_regression_target_is_scaled_on_the_train_split_and_travels_in_the_checkpoint(trained):
+    record = torch.load(trained["regress"] / "checkpoints" / "best.pt", weights_only=True)["inference"]
+    train_idx, _, _ = split_of_the_runs()
+    price = torch.from_numpy(trained["price"]).float().index_select(0, train_idx)
+    scaling = record["target_scaling"]
+    assert scaling["method"] == "standard" and scaling["features"] == ["price"]
+    assert scaling["shift"][0] == pytest.approx(price.mean().item(), rel=1e-6)
+    assert scaling["scale"][0] == pytest.approx(price.std(unbiased=False).item(), rel=1e-5)
+    assert torch.load(trained["classify"] / "checkpoints" / "best.pt", weights_only=True)["inference"]["target_scaling"] is None
+
+
+def test_reported_test_mse_is_predicts_mse_in_the_target_units_and_the_model_trained_well(trained, tmp_path):
+    _, _, test_idx = split_of_the_runs()
+    x, price = trained["x"][test_idx.numpy()], trained["price"][test_idx.numpy()]
+    path = write_csv(tmp_path / "in.csv", ["a", "b", "c"], [list(map(repr, row)) for row in x.tolist()])
+    assert predict.main([str(trained["regress"]), str(path), "--out", str(tmp_path / "preds.csv")]) == 0
+    values = np.loadtxt(tmp_path / "preds.csv", delimiter=",", skiprows=1)
+    test = summary(trained["regress"])["test"]
+    assert float(np.mean((values - price) ** 2)) == pytest.approx(test["test_mse"], rel=1e-5)
+    assert float(np.mean(np.abs(values - price))) == pytest.approx(test["test_mae"], rel=1e-5)
+    # R^2 > 0.9 after 6 short epochs (unscaled, the outputs would still be crawling towards 3.5e4)
+    assert test["test_mse"] < 0.1 * float(np.var(trained["price"]))
+    # test_loss is the training loss on the scaled target: MSE / scale^2 for one target
+    scale = load_run(trained["regress"]).target_scaling.scale.item()
+    assert test["test_loss"] == pytest.approx(test["test_mse"] / scale**2, rel=1e-4)
+
+
+def test_evaluate_on_another_file_scores_in_the_target_units_with_the_stored_statistics(trained, tmp_path):
+    rows = list(range(0, N, 7))  # rows of every split: refitting anything would change the numbers
+    x, price = trained["x"][rows], trained["price"][rows]
+    path = write_csv(tmp_path / "more.csv", ["price", "c", "b", "a"],
+                     [[repr(p), repr(r[2]), repr(r[1]), repr(r[0])] for r, p in zip(x.tolist(), price.tolist())])
+    result = evaluate.evaluate(str(trained["regress"]), [f"data.path={path}"])
+    values = load_run(trained["regress"]).predict(x)
+    assert result["samples"] == len(rows)
+    assert result["metrics"]["all_mse"] == pytest.approx(float(np.mean((values - price) ** 2)), rel=1e-5)
+    assert result["metrics"]["all_mae"] == pytest.approx(float(np.mean(np.abs(values - price))), rel=1e-5)
+
+
+def test_every_epoch_reports_val_errors_in_the_target_units(trained):
+    with open(trained["regress"] / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    scale = load_run(trained["regress"]).target_scaling.scale.item()
+    for row in rows:
+        assert float(row["val_mse"]) == pytest.approx(float(row["val_loss"]) * scale**2, rel=1e-4)
+    assert float(rows[-1]["val_mae"]) > 100  # dollars, not standard deviations
+
+
+def test_load_run_undoes_the_target_scaling_and_old_checkpoints_without_it_still_load(trained, tmp_path):
+    run = load_run(trained["regress"])
+    x = trained["x"][:4]
+    raw = run.outputs(x)
+    assert np.allclose(run.predict(x), (raw * run.target_scaling.scale + run.target_scaling.shift).numpy()[:, 0])
+    assert torch.equal(run.untransform(run.transform_target(torch.tensor([[1e4]]))), torch.tensor([[1e4]]))
+    old = fake_run(tmp_path, trained["regress"])  # a checkpoint of a version that scaled no target
+    (old / "checkpoints").mkdir()
+    state = torch.load(trained["regress"] / "checkpoints" / "best.pt", weights_only=True)
+    del state["inference"]["target_scaling"]
+    torch.save(state, old / "checkpoints" / "best.pt")
+    config = OmegaConf.load(old / ".hydra" / "config.yaml")  # nor had its config the key
+    del config.data["target_scaling"]
+    OmegaConf.save(config, old / ".hydra" / "config.yaml")
+    legacy = load_run(old)
+    assert legacy.target_scaling is None and np.allclose(legacy.predict(x), raw.numpy()[:, 0])
+    result = evaluate.evaluate(str(old))
+    assert result["samples"] == len(split_of_the_runs()[2]) and result["metrics"]["test_mse"] > 0
 
 
 def test_load_run_gives_an_eval_model_on_the_cpu_and_its_transforms(trained):
@@ -325,6 +394,33 @@ def test_command_lines(trained, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("Error: ") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_resume_keeps_the_target_scaling_and_its_units(trained, tmp_path):
+    shutil.copy(trained["root"] / "prices.csv", tmp_path / "prices.csv")
+
+    def app(*args):
+        return subprocess.run([sys.executable, "-m", "app", "data=file", "data.path=prices.csv", "data.target=price",
+                               "trainer.threads=1", *COMMON[1:], *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "WANDB_SILENT": "true"})
+
+    first = app("trainer.epochs=3")
+    assert first.returncode == 0, first.stderr
+    [run] = sorted(p.parent for p in (tmp_path / "outputs").rglob(".hydra"))
+    before = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["inference"]["target_scaling"]
+    resumed = subprocess.run([sys.executable, "-m", "app", f"resume={run}", "trainer.epochs=5"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_SILENT": "true"})
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["inference"]["target_scaling"] == before
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    for row in rows:  # the resumed epochs too: val_mse in dollars^2, val_loss on the scaled target
+        assert float(row["val_mse"]) == pytest.approx(float(row["val_loss"]) * before["scale"][0] ** 2, rel=1e-4)
+    values = load_run(run).predict(trained["x"][split_of_the_runs()[2].numpy()])
+    truth = trained["price"][split_of_the_runs()[2].numpy()]
+    assert float(np.mean((values - truth) ** 2)) == pytest.approx(summary(run)["test"]["test_mse"], rel=1e-5)
+
+
 def test_preflight_fails_a_callback_state_that_checkpoints_could_not_load(compose_cfg, monkeypatch):
     from app.callbacks.early_stopping import EarlyStopping
     from app.tools import preflight
@@ -373,3 +469,14 @@ def test_import_app_stays_cheap():
     code = "import sys, app; print('torch' in sys.modules, callable(app.load_run), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
     assert out.split() == ["False", "True", "True"]  # torch comes with load_run, not with `import app`
+
+
+def test_runs_table_test_column_shows_task_metrics_and_the_seeds_spread():
+    from app.run.record import Status, Summary
+
+    single = Summary(Status.COMPLETED, test={"test_loss": 0.53, "test_mae": 45.57, "test_mse": 3148.8})
+    assert runs.test_text(single) == "mae 45.57 mse 3149"  # a scaled target's loss is not in its units
+    seeds = Summary(Status.COMPLETED, test={"test_loss": 0.2, "test_accuracy": 0.95},
+                    test_std={"test_loss": 0.01, "test_accuracy": 0.0135})
+    assert runs.test_text(seeds) == "acc 0.95 +- 0.0135"
+    assert runs.test_text(Summary(Status.COMPLETED, test={"test_loss": 0.25})) == "loss 0.25"

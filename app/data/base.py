@@ -58,6 +58,10 @@ class Scaling:
     def apply(self, x: Tensor) -> Tensor:
         return ((x - self.shift) / self.scale).contiguous()
 
+    def invert(self, x: Tensor) -> Tensor:
+        """The inverse of `apply`: values back in the original units."""
+        return (x * self.scale + self.shift).contiguous()
+
     def to_dict(self) -> dict[str, Any]:
         """{method, features, shift, scale} as plain lists (for a run's records and checkpoints:
         float32 values survive the round trip through Python floats exactly)."""
@@ -90,6 +94,9 @@ class DataSplits:
     in_features: int
     out_features: int
     scaling: Scaling | None = None  # fitted on train, already applied to every split's x
+    # Regression only: fitted on train's y, already applied to every split's y (the model learns
+    # the scaled target; `app.train.tasks.task_for` reports metrics in the original units).
+    target_scaling: Scaling | None = None
     features: list[str] | None = None
     feature_columns: list[str] | None = None
     targets: list[str] | None = None
@@ -103,6 +110,8 @@ class DataSplits:
             arrow += " classes"
         sizes = f"{len(self.train)} train / {len(self.val)} val / {n_test} test"
         scaled = f", {self.scaling.method}-scaled features (fitted on train)" if self.scaling else ""
+        if self.target_scaling is not None:
+            scaled += f", {self.target_scaling.method}-scaled target (metrics in its units)"
         return f"{self.task}: {sizes}, {arrow}{scaled}"
 
 
@@ -190,21 +199,30 @@ def make_splits(
     task: str, x: Tensor, y: Tensor, out_features: int,
     val_fraction: float, test_fraction: float, seed: int,
     scaling: str = "none", feature_names: list[str] | None = None,
+    target_scaling: str = "none", target_names: list[str] | None = None,
 ) -> DataSplits:
     """Partition full-data tensors (x [n, in], y [n, ...]) into a DataSplits via split_indices.
     `scaling` (standard | minmax | none): fitted on the train split's x only, then applied to
-    every split (see `Scaling`); `feature_names` label its entries (default x0, x1, ...)."""
+    every split (see `Scaling`); `feature_names` label its entries (default x0, x1, ...).
+    `target_scaling` (regression only; standard | minmax | none): the same for y [n, k], fitted
+    on the train split's y; `target_names` label its entries (default y0, y1, ...)."""
     if scaling not in SCALINGS:
         raise ConfigError("data.scaling", scaling, " | ".join(SCALINGS), "Unknown feature scaling")
+    if target_scaling not in SCALINGS:
+        raise ConfigError("data.target_scaling", target_scaling, " | ".join(SCALINGS), "Unknown target scaling")
     train_idx, val_idx, test_idx = split_indices(int(x.shape[0]), val_fraction, test_fraction, seed)
-    fitted = None
+    fitted = fitted_y = None
     if scaling != "none":
         names = feature_names or [f"x{i}" for i in range(int(x.shape[1]))]
         fitted = Scaling.fit(scaling, x.index_select(0, train_idx), names)
+    if target_scaling != "none" and task == "regression":
+        names = target_names or [f"y{i}" for i in range(int(y.shape[1]))]
+        fitted_y = Scaling.fit(target_scaling, y.index_select(0, train_idx), names)
 
     def take(idx: Tensor) -> Split:
-        part = x.index_select(0, idx)
-        return Split(fitted.apply(part) if fitted else part.contiguous(), y.index_select(0, idx).contiguous())
+        part, target = x.index_select(0, idx), y.index_select(0, idx)
+        return Split(fitted.apply(part) if fitted else part.contiguous(),
+                     fitted_y.apply(target) if fitted_y else target.contiguous())
 
     return DataSplits(
         task=task,
@@ -214,4 +232,5 @@ def make_splits(
         in_features=int(x.shape[1]),
         out_features=int(out_features),
         scaling=fitted,
+        target_scaling=fitted_y,
     )

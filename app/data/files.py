@@ -65,34 +65,42 @@ class _Table:
 
 
 def load_table(
+    *,
     path: str,
-    features: str | list[str] | None = None,
-    target: str | list[str] | None = None,
-    exclude: list[str] | None = None,
-    task: str = "regression",
-    scaling: str = "none",
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
-    seed: int = 0,
+    target: str | list[str],
+    features: str | list[str] | None,
+    exclude: list[str] | None,
+    task: str,
+    scaling: str,
+    target_scaling: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
 ) -> DataSplits:
     """Load named columns of a .csv/.npz file and split them with `split_indices`.
 
+    Keyword arguments only, every one given: the defaults are conf/data/file.yaml's, the one
+    copy (`hydra.utils.instantiate` of a composed `data=file` config calls this with them).
     features: column names or fnmatch patterns (`pixel_*`); None: every column but the target
     and `exclude` (names or patterns too). x: float32 [n, in_features] (a 2-D npz array counts
     as its k columns), scaled per `scaling` (standard | minmax | none) with statistics of the
     train split only (kept on `DataSplits.scaling`).
     task: regression | classification | auto (inferred from the target, see `infer_task`).
-    y (regression): float32 [n, out_features] from `target` (one name or a list of names).
+    y (regression): float32 [n, out_features] from `target` (one name or a list of names), scaled
+    per `target_scaling` (standard | minmax | none) with statistics of the train split only (kept
+    on `DataSplits.target_scaling`; metrics are reported in the original units).
     y (classification): int64 [n], the single `target` column's values (integers or strings)
-    mapped to 0..K-1 in sorted order; out_features = K.
+    mapped to 0..K-1 in sorted order; out_features = K. `target_scaling` does not apply.
     Relative paths resolve against the directory the app was launched from, not Hydra's run dir.
-    Values must be finite and within float32's range. The defaults a run uses are those of
-    conf/data/file.yaml (task auto, standard scaling, a test split); these are a plain call's.
+    Values must be finite and within float32's range.
     """
     if task not in (*TASKS, "auto"):
         raise ConfigError("data.task", task, " | ".join((*TASKS, "auto")), "Unknown task")
     if scaling not in SCALINGS:
         raise ConfigError("data.scaling", scaling, " | ".join(SCALINGS), "Unknown feature scaling")
+    if target_scaling not in SCALINGS:
+        raise ConfigError("data.target_scaling", target_scaling, " | ".join(SCALINGS) + " (regression targets)",
+                          "Unknown target scaling")
     validate_fractions(val_fraction, test_fraction)
     if not is_int(seed):
         raise ConfigError("data.seed", seed, "an integer", "The data seed must be an integer")
@@ -146,6 +154,7 @@ def load_table(
     splits = make_splits(
         task, torch.from_numpy(x).float(), y, out_features, val_fraction, test_fraction, seed,
         scaling=scaling, feature_names=_expanded(table, feature_names),
+        target_scaling=target_scaling, target_names=_expanded(table, target_names),
     )
     splits.features, splits.feature_columns = _expanded(table, feature_names), list(feature_names)
     splits.targets, splits.classes = list(target_names), classes

@@ -30,7 +30,7 @@ from app.run.distributed import check_devices, rank_device
 from app.run.load import inference_record
 from app.run.reproducibility import set_deterministic
 from app.train.acceleration import check_device_options
-from app.train.tasks import TASKS, Task, task_of
+from app.train.tasks import TASKS, Task, task_for, task_of
 from app.train import distributed
 from app.train.trainer import Batches, Trainer
 
@@ -240,7 +240,7 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
         set_deterministic(cfg.deterministic)
     with stage("data"):
         data = build_data(cfg)
-        task = TASKS[data.task]
+        task = task_for(data.task, data.target_scaling)  # metrics in the target's units
         validate(cfg, task.metric_names())  # again, now that the data has said which task it is
     with stage("model"):
         model = build_model(cfg, data)

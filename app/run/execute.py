@@ -35,10 +35,16 @@ def names(cfg: DictConfig, trial: Any = None) -> tuple[str, str | None]:
     return name, group
 
 
-def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
+_PREPARE: Any = object()
+
+
+def execute(cfg: DictConfig, run_dir: Path, trial: Any = None, resumption: Any = _PREPARE) -> Summary:
     """Run one experiment in `run_dir`; return its summary (also written to summary.json).
-    `trial`: the Optuna trial this run is part of (reports to it, may be pruned by it)."""
-    resumption = resume.prepare(cfg, run_dir) if cfg.resume else None
+    `trial`: the Optuna trial this run is part of (reports to it, may be pruned by it).
+    `resumption`: by default prepared from `cfg.resume`; a seed of a resumed multi-seed run gets
+    its own (`resume.Resumption` of its seed_<n> directory), or None to start afresh."""
+    if resumption is _PREPARE:
+        resumption = resume.prepare(cfg, run_dir) if cfg.resume else None
     if resumption is not None and resumption.finished is not None:
         log.info(resumption.message)
         return resumption.finished
@@ -98,6 +104,7 @@ def execute(cfg: DictConfig, run_dir: Path, trial: Any = None) -> Summary:
         written = _write_summary(summary, run_dir, t.mode, started, trial, write=main)
         refusal = disk_full_error(full, run_dir, HydraConfig.get().runtime.cwd, written)
         refusal.recorded = True  # app.main must not write over this summary
+        refusal.disk_full = full  # a multi-seed run words it for the whole run (app.run.seeds)
         raise refusal from None
     finally:
         if len(objective_names(cfg)) > 1:  # several objectives: each metric at the best epoch

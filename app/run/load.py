@@ -12,7 +12,10 @@ Everything comes from the checkpoint's `inference` record (written by every run,
   (None for data without column names, e.g. the synthetic sets);
 - `classes`: the label of each class index (integers or strings; None: the indices themselves);
 - `scaling`: the feature scaling fitted on the run's train split (`app.data.base.Scaling`), applied
-  to every input before the model sees it.
+  to every input before the model sees it;
+- `target_scaling` (regression): the target scaling fitted on the run's train split; the model
+  outputs the scaled target and `TrainedRun.predict` maps it back to the target's units. None,
+  or absent in checkpoints written before the app scaled targets: outputs are already in them.
 
 A checkpoint is data: it is loaded with `weights_only=True`, and the model it describes is built
 only from a `_target_` under app, torch, optuna or the trusted modules (a run dir's own
@@ -49,6 +52,7 @@ def inference_record(cfg: DictConfig, data: DataSplits) -> dict[str, Any]:
         "targets": list(data.targets) if data.targets else None,
         "classes": list(data.classes) if data.classes is not None else None,
         "scaling": data.scaling.to_dict() if data.scaling is not None else None,
+        "target_scaling": data.target_scaling.to_dict() if getattr(data, "target_scaling", None) is not None else None,
         "precision": str(cfg.trainer.precision),
     }
 
@@ -140,6 +144,7 @@ class TrainedRun:
     classes: list[Any] | None
     scaling: Scaling | None  # on the CPU, where inputs are scaled
     precision: str = "32"
+    target_scaling: Scaling | None = None  # regression: outputs are this scaling of the target
 
     # ------------------------------------------------------------------ inputs
     def matrix(self, inputs: Any) -> np.ndarray:
@@ -176,10 +181,19 @@ class TrainedRun:
         return (self.scaling.apply(x) if self.scaling is not None else x).to(self.device)
 
     # ------------------------------------------------------------------ outputs
+    def untransform(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Regression outputs [n, targets] (float32, CPU) in the target's units: the run's target
+        scaling undone (the outputs themselves where the run scaled no target)."""
+        return self.target_scaling.invert(outputs) if self.target_scaling is not None else outputs
+
+    def transform_target(self, y: torch.Tensor) -> torch.Tensor:
+        """Regression targets [n, targets] in their units, as the model learned them (scaled)."""
+        return self.target_scaling.apply(y) if self.target_scaling is not None else y
+
     @torch.no_grad()
     def outputs(self, inputs: Any, batch_size: int = 4096) -> torch.Tensor:
-        """The model's raw outputs [n, out_features] (float32, on the CPU): values for regression,
-        logits for classification."""
+        """The model's raw outputs [n, out_features] (float32, on the CPU): for regression the
+        target as the model learned it (scaled, see `untransform`), logits for classification."""
         x = self.transform(inputs)
         from app.train.acceleration import autocast_context
 
@@ -203,7 +217,7 @@ class TrainedRun:
         if self.task == "classification":
             return np.asarray(self.labels(), dtype=object)[out.argmax(dim=-1).numpy()] if self.classes is not None \
                 else out.argmax(dim=-1).numpy()
-        values = out.double().numpy()
+        values = self.untransform(out).double().numpy()
         return values[:, 0] if values.shape[1] == 1 else values
 
     def labels(self) -> list[Any]:
@@ -281,10 +295,11 @@ def load_run(path: str | Path, checkpoint: str = "best", *, device: str | torch.
     if precision == "16-mixed" and device.type != "cuda":
         precision = "32"  # float16 autocast is a CUDA mode; the weights are float32 anyway
     scaling = Scaling.from_dict(record["scaling"]) if record["scaling"] is not None else None
+    target_scaling = Scaling.from_dict(record["target_scaling"]) if record.get("target_scaling") else None
     return TrainedRun(
         run_dir=run_dir, checkpoint=file, epoch=int(state.get("epoch", 0)), cfg=cfg, model=model,
         device=device, task=record["task"], in_features=record["in_features"],
         out_features=record["out_features"], features=features,
         feature_columns=record["feature_columns"], targets=record["targets"],
-        classes=record["classes"], scaling=scaling, precision=precision,
+        classes=record["classes"], scaling=scaling, precision=precision, target_scaling=target_scaling,
     )

@@ -259,7 +259,22 @@ def remove_own_temp_files(run_dir: str | Path) -> None:
 
 
 def _kept(run_dir: Path) -> str:
-    """What a run dir holds that a resume continues from, in words."""
+    """What a run dir holds that a resume continues from, in words; for a multi-seed run, what
+    each of its seed_<n> directories holds."""
+    seeds = sorted((p for p in run_dir.glob("seed_*") if p.is_dir() and p.name[5:].lstrip("-").isdigit()),
+                   key=lambda p: int(p.name[5:]))
+    if seeds:
+        parts = []
+        for seed_dir in seeds:
+            try:
+                summary = Summary.read(seed_dir)
+            except Exception:  # noqa: BLE001 -- only for the message
+                summary = None
+            if summary is not None and summary.status.ended_normally:
+                parts.append(f"{seed_dir.name} {summary.status} (its summary.json)")
+            else:
+                parts.append(f"{seed_dir.name} {_kept(seed_dir)}")
+        return "; ".join(parts)
     kept = []
     metrics = run_dir / "metrics.csv"
     if metrics.exists():

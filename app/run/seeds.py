@@ -116,28 +116,48 @@ def train_seeds(cfg: DictConfig, run_dir: Path, train: Callable[..., Summary],
 
 def _train_in_turn(cfg: DictConfig, run_dir: Path, seeds: list[int], train: Callable[..., Summary],
                    trial: Any = None) -> Summary:
-    """The seeds one after the other; the first that does not end normally ends the run."""
+    """The seeds one after the other; the first that does not end normally ends the run. With
+    `resume`, seeds that finished keep their records, a seed that had started continues from its
+    checkpoints and the others start. A full disk in a seed ends the run with one paragraph about
+    the whole run (what each seed kept, how to resume it)."""
+    from app.run import resume
+
+    resumption = resume.prepare(cfg, run_dir) if cfg.resume else None
+    if resumption is not None and resumption.finished is not None:
+        log.info(resumption.message)
+        return resumption.finished
     per_seed: list[dict[str, Any]] = []
-    error: BaseException | None = None
     started = time.time()
     try:
         for seed in seeds:
             seed_dir = run_dir / f"seed_{seed}"
+            kwargs: dict[str, Any] = {"trial": trial}
+            if resumption is not None:
+                kept = Summary.read(seed_dir)
+                extend = kept is not None and kept.status == Status.COMPLETED and cfg.trainer.epochs > (kept.epochs_run or 0)
+                if kept is not None and kept.status != Status.FAILED and not extend:
+                    per_seed.append({**kept.to_dict(), "seed": seed, "run_dir": str(seed_dir)})
+                    if not kept.status.ended_normally:
+                        break
+                    continue
+                started_before = (seed_dir / "provenance.json").exists()
+                kwargs["resumption"] = resume.Resumption(seed_dir, resumption.accepted, resumption.forced) \
+                    if started_before else None
             if is_main():  # with several processes rank 0 alone writes
                 seed_dir.mkdir(parents=True, exist_ok=True)
             try:
-                result = train(with_seed(cfg, seed), seed_dir, trial=trial)
+                result = train(with_seed(cfg, seed), seed_dir, **kwargs)
             except BaseException as exc:
-                error = exc
+                cause = getattr(exc, "disk_full", None) or exc  # a full disk: the OSError, not its paragraph
                 per_seed.append({"seed": seed, "status": "failed", "run_dir": str(seed_dir),
-                                 "error": f"{type(exc).__name__}: {exc}"})
+                                 "error": f"{type(cause).__name__}: {cause}"})
                 raise
             per_seed.append({**result.to_dict(), "seed": seed, "run_dir": str(seed_dir)})
             if not result.status.ended_normally:
                 break
-    finally:
-        summary = _write(cfg, run_dir, seeds, per_seed, error, trial, started)
-    return summary
+    except BaseException as exc:
+        _raise_for_whole_run(exc, cfg, run_dir, seeds, per_seed, trial, started)
+    return _write(cfg, run_dir, seeds, per_seed, None, trial, started)
 
 
 def _train_packed(cfg: DictConfig, run_dir: Path, seeds: list[int], size: int,
@@ -178,26 +198,48 @@ def _train_packed(cfg: DictConfig, run_dir: Path, seeds: list[int], size: int,
                                      resumptions=[m for _, _, _, m in chunk]) if len(chunk) > 1 else None
             if summaries is None:  # cannot be packed (notice given), or a pack of one
                 summaries = []
-                for _, seeded, seed_dir, _ in chunk:
-                    summaries.append(train(seeded, seed_dir))
+                for _, seeded, seed_dir, member in chunk:  # resumed: each seed from its own directory
+                    summaries.append(train(seeded, seed_dir, resumption=member) if cfg.resume else train(seeded, seed_dir))
             for (seed, _, seed_dir, _), summary in zip(chunk, summaries):
                 done[seed] = {**summary.to_dict(), "seed": seed, "run_dir": str(seed_dir)}
     except BaseException as exc:
-        error = exc
-        raise
-    finally:
         per_seed = []
         for seed in seeds:
             if seed in done:
                 per_seed.append(done[seed])
-            elif error is not None and (kept := Summary.read(run_dir / f"seed_{seed}")) is not None:
+            elif (kept := Summary.read(run_dir / f"seed_{seed}")) is not None:
                 per_seed.append({**kept.to_dict(), "seed": seed, "run_dir": str(run_dir / f"seed_{seed}")})
-        summary = _write(cfg, run_dir, seeds, per_seed, error, None, started)
-    return summary
+        _raise_for_whole_run(exc, cfg, run_dir, seeds, per_seed, None, started)
+    return _write(cfg, run_dir, seeds, [done[seed] for seed in seeds if seed in done], None, None, started)
+
+
+def _raise_for_whole_run(exc: BaseException, cfg: DictConfig, run_dir: Path, seeds: list[int],
+                         per_seed: list[dict[str, Any]], trial: Any, started: float) -> None:
+    """Write the run's summary.json for a run that a seed's `exc` ended, and raise: `exc` itself,
+    or for a full disk one paragraph about the whole run (what each seed kept, how to resume
+    the run: seeds' own paragraphs name their seed_<n> directory, which is not resumed alone)."""
+    from app.run.record import disk_full, disk_full_error
+
+    full = getattr(exc, "disk_full", None) or disk_full(exc)
+    if full is None:
+        _write(cfg, run_dir, seeds, per_seed, exc, trial, started)
+        raise exc
+    from hydra.core.hydra_config import HydraConfig
+
+    from app.run.record import remove_own_temp_files
+
+    remove_own_temp_files(run_dir)  # what the full disk cut short, in any seed's directory
+    written = _write(cfg, run_dir, seeds, per_seed, full, trial, started, tolerate_full_disk=True) is not None
+    refusal = disk_full_error(full, run_dir, HydraConfig.get().runtime.cwd, written)
+    refusal.recorded, refusal.disk_full = True, full  # app.main must not write over the run's summary
+    raise refusal from None
 
 
 def _write(cfg: DictConfig, run_dir: Path, seeds: list[int], per_seed: list[dict[str, Any]],
-           error: BaseException | None, trial: Any, started: float) -> Summary:
+           error: BaseException | None, trial: Any, started: float,
+           tolerate_full_disk: bool = False) -> Summary | None:
+    """Aggregate and write the run's summary.json; `tolerate_full_disk`: None instead of raising
+    when the disk is too full to hold it."""
     summary = aggregate(per_seed, seeds, cfg.trainer.monitor, cfg.trainer.mode, objective_names(cfg))
     summary.wall_time_s = round(time.time() - started, 3)
     if error is not None:
@@ -208,5 +250,13 @@ def _write(cfg: DictConfig, run_dir: Path, seeds: list[int], per_seed: list[dict
     if trial is not None:
         summary.trial = trial.describe(summary.status)
     if is_main():  # with several processes rank 0 alone writes
-        summary.write(run_dir)
+        try:
+            summary.write(run_dir)
+        except OSError as full:
+            from app.run.record import disk_full
+
+            if not tolerate_full_disk or disk_full(full) is None:
+                raise
+            log.warning("summary.json could not be written: %s", full)
+            return None
     return summary

@@ -89,6 +89,8 @@ def data_config(cfg: DictConfig, run: Any, overrides: dict[str, Any], split: str
             data.test_fraction = 0.0  # all of another file: no split needs a row of its own
         if "scaling" in data:
             data.scaling = "none"
+        if "target_scaling" in data or data.get("_target_") == "app.data.load_table":
+            data.target_scaling = "none"  # the checkpoint's, if any, is applied (older runs had none)
         if "task" in data and "task" not in overrides:
             data.task = run.task
     return cfg
@@ -113,6 +115,8 @@ def evaluation_split(data: Any, split: str | None, run: Any, other_file: bool) -
     y = chosen.y
     if run.task == "classification":
         y = class_indices(data, run, y)
+    elif getattr(data, "target_scaling", None) is None:
+        y = run.transform_target(y)  # as the model learned it; metrics undo it again
     return name, Split(x, y)
 
 
@@ -135,12 +139,13 @@ def class_indices(data: Any, run: Any, y: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score(run: Any, split: Any, batch_size: int) -> dict[str, float]:
     """Loss and task metrics of `run.model` over `split`, summed batch by batch as the trainer's
-    test sums them (so the same checkpoint and split give the run's own numbers)."""
+    test sums them (so the same checkpoint and split give the run's own numbers): with a scaled
+    regression target, the loss on the scaled target and the metrics in the target's units."""
     from app.data import TensorBatches
     from app.train.acceleration import autocast_context
-    from app.train.tasks import TASKS
+    from app.train.tasks import task_for
 
-    task = TASKS[run.task]
+    task = task_for(run.task, run.target_scaling)
     batches = TensorBatches(split, batch_size, device=run.device, shuffle=False)
     autocast = autocast_context(run.device, run.precision)
     sums = torch.zeros(1 + len(task.metrics), device=run.device)

@@ -31,7 +31,7 @@ def predictions(run: Any, x: np.ndarray) -> tuple[list[str], list[list[Any]]]:
         header = [run.targets[0] if run.targets else "prediction", *(f"p_{label}" for label in labels)]
         rows = [[labels[c], *(f"{p:.6g}" for p in row)] for c, row in zip(chosen, probabilities)]
     else:
-        values = run.outputs(x).double().numpy()
+        values = run.untransform(run.outputs(x)).double().numpy()  # the target's units
         header = run.target_names()
         rows = [[f"{v:.9g}" for v in row] for row in values]  # 9 digits: float32 exactly
     return header, rows

@@ -92,9 +92,13 @@ def test_text(summary: Summary | None) -> str:
     if summary is None or not summary.test:
         return ""
     parts = []
-    for key, value in summary.test.items():
-        name = key[len("test_"):] if key.startswith("test_") else key
-        parts.append(f"{_SHORT.get(name, name)} {_sig(value)}")
+    metrics = {key[len("test_"):] if key.startswith("test_") else key: value for key, value in summary.test.items()}
+    if len(metrics) > 1:  # the task's metrics say it (a scaled regression's loss is not in the target's units)
+        metrics.pop("loss", None)
+    stds = summary.test_std or {}  # a multi-seed run: mean +- std over its seeds
+    for name, value in metrics.items():
+        std = stds.get(f"test_{name}")
+        parts.append(f"{_SHORT.get(name, name)} {_sig(value)}" + (f" +- {_sig(std)}" if std is not None else ""))
     return " ".join(parts)
 
 
@@ -270,12 +274,17 @@ def plot(values: list[str], out: str, metrics: list[str] | None = None) -> Path:
             raise ConfigError("--metric", metric, "a column of the runs' metrics.csv, e.g. val_loss, train_loss",
                               "None of the runs has a value of it (or they have no metrics.csv yet)")
 
+    labels = _labels(paths)
+    for metric in metrics:  # a run without the metric (e.g. val_mse of a classifier) is left out, said once
+        lacking = [labels[path] for path in paths if not curves[(path, metric)][0]]
+        if lacking:
+            print(f"note: no {metric} in {', '.join(lacking)}: not in its panel", file=sys.stderr)
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = _labels(paths)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), dpi=100, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         positive = True
