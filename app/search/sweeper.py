@@ -85,6 +85,7 @@ log = logging.getLogger(__name__)
 OWNER_ATTR = "app:owner"  # system attribute: which sweep process asked (and so runs) a trial
 SEARCH_ATTR = "app:search"  # study user attribute: the command that started the study
 UNCLAIMED_GRACE_S = 60.0  # a RUNNING trial with no owner this old was asked by a process that died
+RETRY_GRACE_S = 60.0  # an interrupted trial failed this long ago with no retry queued: its worker died
 CREATE_ATTEMPTS = 5  # creating a study on a fresh storage: tries (processes racing to make tables)
 STORAGE_OUTAGE_S = 300.0  # how long a worker keeps trying a storage that stopped answering
 
@@ -233,6 +234,15 @@ def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
         return True
     return (trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")
             and not trial.user_attrs.get("surplus"))
+
+
+def awaiting_retry(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Interrupted trials with no retry queued yet (none, or only retries given back as surplus).
+    The worker that failed one queues its retry at once (StudySweeper._settle): until then it
+    counts as running, so that no other worker asks a fresh trial in its place."""
+    retried = {t.user_attrs.get("retry_of") for t in trials if not t.user_attrs.get("surplus")}
+    return [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
+            and t.number not in retried and t.params]
 
 
 def age_s(trial: optuna.trial.FrozenTrial) -> float:
@@ -480,7 +490,8 @@ class StudySweeper(OptunaSweeperImpl):
                     to_go = self.n_trials - sum(is_finished(t) for t in known)
                     if to_go <= 0 and not running:
                         break
-                    busy = sum(t.state == TrialState.RUNNING for t in known)  # any worker's, ours too
+                    # any worker's, ours too, and interrupted ones whose retry is being queued
+                    busy = sum(t.state == TrialState.RUNNING for t in known) + len(awaiting_retry(known))
                     free = min(to_go - busy, runner.slots - len(running))
                     if stopping or (self.batch_barrier and running):
                         free = 0
@@ -842,6 +853,14 @@ class StudySweeper(OptunaSweeperImpl):
                 (log.warning if outcome.interrupted else log.info)(line)
             else:
                 log.info("Trial %d was settled by another worker meanwhile", trial.number)
+        # The worker that failed an interrupted trial queues its retry (_settle); one that died in
+        # between left none: queued here (at a sweep's start at once, later after RETRY_GRACE_S).
+        # Two workers that do so at once both queue one: _ask runs the lowest-numbered.
+        for trial in awaiting_retry(study.get_trials(deepcopy=False)):
+            if mine is None or (trial.datetime_complete is not None and (
+                    datetime.datetime.now() - trial.datetime_complete).total_seconds() > RETRY_GRACE_S):
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                log.info("Trial %d (interrupted) queued again with the same parameters", trial.number)
 
     def _settle(self, study, trial, outcome: Outcome, run_dir: Any) -> bool:
         """Record `outcome` on the RUNNING `trial` (a Trial or FrozenTrial) and finish it; for an
