@@ -419,6 +419,10 @@ class StudySweeper(OptunaSweeperImpl):
         except ConfigError as error:
             print(f"Error: {error}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:  # Ctrl-C: the running trials are settled (_abandon), the workers ended
+            print("interrupted: the sweep stopped; the trials that were running are failed as interrupted, and the "
+                  "same command runs them again with the same parameters and finishes the study", file=sys.stderr)
+            sys.exit(130)
 
     def _sweep(self, arguments: list[str]) -> None:
         self._check_settings()
