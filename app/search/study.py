@@ -179,7 +179,16 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                      {"creator": lambda: _sqlite_connection(path), "poolclass": sqlalchemy.pool.StaticPool})
     with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna 5
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None, **heartbeat)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None,
+                                             skip_compatibility_check=url in _SCHEMA_CHECKED, **heartbeat)
+    _SCHEMA_CHECKED.add(url)
+    return storage
+
+
+# Database URLs whose table schema this process has checked against its Optuna version (Optuna
+# loads its schema migrations to do so, ~0.1 s): once per process is enough (a worker process runs
+# one trial after another, and each trial opens the storage twice: for itself and its heartbeat).
+_SCHEMA_CHECKED: set[str] = set()
 
 
 def display_url(url: str) -> str:

@@ -489,8 +489,7 @@ class StudySweeper(OptunaSweeperImpl):
             while True:
                 try:
                     study = self._open()
-                    self._recover(study, {trial_id(t) for t in running.values()})
-                    known = study.get_trials(deepcopy=False)
+                    known = self._recover(study, {trial_id(t) for t in running.values()})
                     to_go = self.n_trials - sum(is_finished(t) for t in known)
                     if to_go <= 0 and not running:
                         break
@@ -783,8 +782,17 @@ class StudySweeper(OptunaSweeperImpl):
         return space, fixed, fixed_overrides, is_grid
 
     def _open(self):
-        return load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler,
-                          storage=self._storage())
+        """The study, opened once per storage and kept: Optuna's study object caches the trials that
+        have finished (they never change), so each look at the study reads only the trials that
+        are new or still running, and asking and telling a trial cost less (the loop looks at the
+        study after every trial)."""
+        storage = self._storage()
+        if getattr(self, "_study", None) is None or self._study_storage is not storage:
+            self._study = load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler,
+                                     storage=storage)
+            self._study_storage = storage
+        self._study.sampler, self._study.pruner = self.sampler, self.pruner
+        return self._study
 
     def _monitor(self) -> list[str] | None:
         """The metrics the runs return (trainer.monitor, from the command or a config file)."""
@@ -822,14 +830,16 @@ class StudySweeper(OptunaSweeperImpl):
                 + "; ".join(differences) + ". Resuming it would mix trials that do not compare",
             )
 
-    def _recover(self, study, mine: set[int] | None = None) -> None:
+    def _recover(self, study, mine: set[int] | None = None) -> list[optuna.trial.FrozenTrial]:
         """Settle RUNNING trials that nobody will tell and queue retries of interrupted ones: trials
         whose heartbeat is older than the grace period (any worker, any host), trials of a sweep
         process on this host that is gone (the rule that also works with heartbeats off), and
         trials this sweep loop claimed but does not run (`mine`: the storage ids of the trials it
-        runs; an error between asking a trial and starting its job left it behind)."""
+        runs; an error between asking a trial and starting its job left it behind). Returns the
+        study's trials as they are afterwards (one read when there was nothing to settle)."""
         stale = set(stale_trial_ids(study))
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trials, changed = study.get_trials(deepcopy=False), False
+        for trial in [t for t in trials if t.state == TrialState.RUNNING]:
             owner_attr = trial.system_attrs.get(OWNER_ATTR)
             orphan = (mine is not None and owner_attr is not None and self._sweep_id is not None
                       and owner_attr.get("sweep") == self._sweep_id and owner_attr.get("pid") == os.getpid()
@@ -853,6 +863,7 @@ class StudySweeper(OptunaSweeperImpl):
                 if run_dir and Path(run_dir).is_dir():
                     Summary(Status.FAILED, error=reason, interrupted=True).write(run_dir)
                 line = f"Trial {trial.number}: {reason}"
+            changed = True
             if self._settle(study, trial, outcome, run_dir):
                 (log.warning if outcome.interrupted else log.info)(line)
             else:
@@ -860,11 +871,15 @@ class StudySweeper(OptunaSweeperImpl):
         # The worker that failed an interrupted trial queues its retry (_settle); one that died in
         # between left none: queued here (at a sweep's start at once, later after RETRY_GRACE_S).
         # Two workers that do so at once both queue one: _ask runs the lowest-numbered.
-        for trial in awaiting_retry(study.get_trials(deepcopy=False)):
+        if changed:
+            trials = study.get_trials(deepcopy=False)
+        for trial in awaiting_retry(trials):
             if mine is None or (trial.datetime_complete is not None and (
                     datetime.datetime.now() - trial.datetime_complete).total_seconds() > RETRY_GRACE_S):
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
                 log.info("Trial %d (interrupted) queued again with the same parameters", trial.number)
+                changed = True
+        return study.get_trials(deepcopy=False) if changed else trials
 
     def _settle(self, study, trial, outcome: Outcome, run_dir: Any) -> bool:
         """Record `outcome` on the RUNNING `trial` (a Trial or FrozenTrial) and finish it; for an
