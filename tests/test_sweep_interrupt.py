@@ -26,8 +26,8 @@ COMMAND = ["--multirun", "hparams_search=regression_optuna", "hydra/sweeper/samp
 STUDY = "train-regression_optuna"
 
 
-def descendants(pid: int) -> set[int]:
-    """The processes below `pid` now (from /proc)."""
+def descendants(pid: int) -> dict[int, str]:
+    """The processes below `pid` now, with their command lines (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -36,10 +36,13 @@ def descendants(pid: int) -> set[int]:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(parent, []).append(int(entry.name))
-    found, todo = set(), [pid]
+    found, todo = {}, [pid]
     while todo:
         for child in children.get(todo.pop(), []):
-            found.add(child)
+            try:
+                found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue  # it ended meanwhile
             todo.append(child)
     return found
 
@@ -56,14 +59,14 @@ def sweep(tmp_path: Path, **popen) -> subprocess.Popen:
 @pytest.mark.parametrize("to", ["terminal", "sweep process"])  # Ctrl-C: the whole group; kill -INT: the sweep
 def test_ctrl_c_stops_a_pooled_sweep_in_one_line_and_the_same_command_finishes_the_study(tmp_path, to):
     proc = sweep(tmp_path, start_new_session=True)
-    workers: set[int] = set()
+    processes: dict[int, str] = {}
     try:
         deadline = time.monotonic() + WAIT_S
         while not list(tmp_path.glob("outputs/sweeps/*/*/*/metrics.csv")):  # a trial has trained an epoch
             assert proc.poll() is None and time.monotonic() < deadline, "no trial trained an epoch"
-            workers |= descendants(proc.pid)
+            processes.update(descendants(proc.pid))
             time.sleep(0.05)  # polling for the file, bounded by the deadline
-        workers |= descendants(proc.pid)
+        processes.update(descendants(proc.pid))
         if to == "terminal":
             os.killpg(proc.pid, signal.SIGINT)
         else:
@@ -77,7 +80,14 @@ def test_ctrl_c_stops_a_pooled_sweep_in_one_line_and_the_same_command_finishes_t
     assert "Traceback" not in stdout + stderr
     own_lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("[")]  # not logs
     assert len(own_lines) == 1 and own_lines[0].startswith("interrupted: the sweep stopped"), stderr
+    workers = [pid for pid, command in processes.items() if "spawn_main" in command]
     assert len(workers) >= 2 and not [pid for pid in workers if process_alive(pid)]  # no worker left
+    # multiprocessing's resource tracker ends by itself once the sweep's end of its pipe is closed
+    trackers = [pid for pid, command in processes.items() if "resource_tracker" in command]
+    deadline = time.monotonic() + WAIT_S
+    while [pid for pid in trackers if process_alive(pid)]:
+        assert time.monotonic() < deadline, "the resource tracker did not end"
+        time.sleep(0.05)  # polling for its end, bounded by the deadline
     storage = f"sqlite:///{tmp_path}/outputs/studies/{STUDY}.db"
     trials = optuna.load_study(study_name=STUDY, storage=storage).trials
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
