@@ -321,3 +321,21 @@ def test_three_workers_on_postgresql_finish_exactly_n_trials_though_one_is_kille
     assert report.main(["--storage", url, "--out", str(tmp_path / "report")]) == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
     assert sorted(rows, key=int) == [str(t.number) for t in trials]
+
+
+def test_a_trial_goes_on_when_its_report_finds_the_storage_down(own_server, tmp_path, caplog):
+    from app.search.trial import OptunaTrial
+
+    url = own_server.create_database("report_down")
+    make_sweeper(tmp_path, n_trials=1, storage=url).sweep([])
+    study = optuna.load_study(study_name="unit", storage=open_storage(url), pruner=optuna.pruners.MedianPruner())
+    trial = study.ask()
+    job = OptunaTrial(study, trial_id(trial))
+    assert job.report(1, 0.5) is False
+    own_server.pause()
+    with caplog.at_level(logging.WARNING, logger="app.search.trial"):
+        assert job.report(2, 0.4) is False  # not pruned, not raised: the run goes on
+    assert "epoch 2 not reported" in caplog.text
+    own_server.resume()
+    assert job.report(3, 0.3) is False
+    assert storage_of(study).get_trial(trial_id(trial)).intermediate_values == {1: 0.5, 3: 0.3}
