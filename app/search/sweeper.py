@@ -850,7 +850,8 @@ class StudySweeper(OptunaSweeperImpl):
             summary = Summary.read(run_dir)
             if summary is not None:
                 outcome = outcome_from_summary(summary, objectives=len(self.directions))
-                line = f"Trial {trial.number} had finished ({outcome.status}) when its sweep stopped: told {outcome.state.name}"
+                line = (f"Trial {trial.number} had finished ({outcome.status}) when its sweep stopped: "
+                        f"told {outcome.state.name}")
             else:
                 who = f"pid {owner_attr.get('pid')} on {owner_attr.get('host')}" if owner_attr else "unknown"
                 reason = f"interrupted: its sweep process ({who}) ended while the trial ran"
@@ -1006,7 +1007,8 @@ class StudySweeper(OptunaSweeperImpl):
                     continue
                 run_dir = frozen.user_attrs.get("run_dir")
                 summary = Summary.read(run_dir)
-                if isinstance(error, (SystemExit, JobExited)) and summary is not None and summary.status == Status.FAILED:
+                if isinstance(error, (SystemExit, JobExited)) and summary is not None \
+                        and summary.status == Status.FAILED:
                     outcome = outcome_from_summary(summary, objectives=len(self.directions))
                 else:
                     outcome = Outcome(TrialState.FAIL, None, Status.FAILED,
