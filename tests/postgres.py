@@ -74,6 +74,16 @@ class PostgresServer:
             shutil.chown(password_file, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", USER, f"--pwfile={password_file}", "-E", "UTF8",
                   "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
+        return self.resume()
+
+    def pause(self) -> None:
+        """Stop the server (its clients' connections drop at once; what they committed is kept:
+        `-m fast`, as synchronous_commit is off), keeping its data for `resume()`."""
+        self._run("pg_ctl", "-D", str(self.data), "stop", "-m", "fast")
+        self.started = False
+
+    def resume(self) -> "PostgresServer":
+        """Start the server on its data dir and port; return once it accepts connections."""
         options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-W", "start")

@@ -111,3 +111,28 @@ def test_two_workers_on_one_journal_file_finish_exactly_n_trials(tmp_path, capsy
     assert {str(t.number) for t in trials if t.state == TrialState.COMPLETE} == set(numbers)
     assert all(any(p.name.isdigit() for p in (tmp_path / "outputs" / "sweeps" / f"worker{i}").iterdir())
                for i in range(2))  # both worked
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_workers_started_together_with_one_sampler_seed_sample_different_parameters(tmp_path, kind):
+    def url(folder):
+        return f"sqlite:///{folder}/studies/unit.db" if kind == "sqlite" else journal(folder)
+
+    first = make_sweeper(tmp_path, n_trials=1, storage=url(tmp_path), seed=7)
+    second = make_sweeper(tmp_path, n_trials=2, storage=url(tmp_path), seed=7)
+    run_trials = second._run_trials
+
+    def the_other_worker_asks_first(*args):  # both found the study empty; `first` asks trial 0 now
+        first.sweep([])
+        return run_trials(*args)
+
+    second._run_trials = the_other_worker_asks_first
+    second.sweep([])
+    trials = load(url(tmp_path)).trials
+    assert len(trials) == 2 and [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert trials[0].params != trials[1].params  # the same seed, yet not the same sample
+    # a worker on its own keeps its seed: the same seed gives the same trials, run after run
+    for folder in ("alone", "again"):
+        make_sweeper(tmp_path / folder, n_trials=2, storage=url(tmp_path / folder), seed=7).sweep([])
+    alone, again = load(url(tmp_path / "alone")).trials, load(url(tmp_path / "again")).trials
+    assert [t.params for t in alone] == [t.params for t in again] and alone[0].params == trials[0].params

@@ -168,16 +168,27 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         if not heartbeat_interval:
             return optuna.storages.JournalStorage(backend)
         return JournalHeartbeatStorage(backend, int(heartbeat_interval), grace_period, on_stale)
-    heartbeat = {}
+    heartbeat: dict[str, Any] = {}
     if heartbeat_interval:
         heartbeat = {"heartbeat_interval": int(heartbeat_interval), "grace_period": grace_period,
                      "heartbeat_stale_trial_callback": on_stale}
     path = sqlite_path(url)
-    engine_kwargs = ({} if path is None else
+    # a database server: test a pooled connection before using it, so that one the server dropped
+    # (a restart, an idle timeout, a failover) is replaced instead of failing the next operation
+    engine_kwargs = ({"pool_pre_ping": True} if path is None else
                      {"creator": lambda: _sqlite_connection(path), "poolclass": sqlalchemy.pool.StaticPool})
     with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna 5
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None, **heartbeat)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None,
+                                             skip_compatibility_check=url in _SCHEMA_CHECKED, **heartbeat)
+    _SCHEMA_CHECKED.add(url)
+    return storage
+
+
+# Database URLs whose table schema this process has checked against its Optuna version (Optuna
+# loads its schema migrations to do so, ~0.1 s): once per process is enough (a worker process runs
+# one trial after another, and each trial opens the storage twice: for itself and its heartbeat).
+_SCHEMA_CHECKED: set[str] = set()
 
 
 def display_url(url: str) -> str:
@@ -191,6 +202,38 @@ def is_creation_race(error: BaseException) -> bool:
     exists", a duplicate key in the catalog)."""
     text = str(error)
     return any(words in text for words in ("already exists", "locked", "duplicate key"))
+
+
+def _causes(error: BaseException | None):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a storage operation failed in a way that may pass when tried again: the database
+    server dropped or refused the connection (restarting, overloaded, a network cut), or another
+    process held a SQLite lock past its timeout; seen directly or through Optuna's
+    `StorageInternalError`."""
+    import sqlalchemy.exc
+
+    for cause in _causes(error):
+        if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                              sqlalchemy.exc.DisconnectionError, sqlite3.OperationalError)):
+            return True
+        if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+            return True
+    return False
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost error behind `error`, in one line: `Type: first line of its message`."""
+    *_, cause = _causes(error)
+    cause = getattr(cause, "orig", None) or cause
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
 
 
 def storage_refusal(url: str, error: BaseException, key: str = "hydra.sweeper.storage"):

@@ -1,6 +1,9 @@
 """Sweep bookkeeping: `sweep_summary.csv`, a table of every job in a sweep directory, made from
 what the jobs' run directories say (so it is right whatever the launcher or a job's fate).
-`app.search.callback.SweepSummary` keeps it up to date during a sweep."""
+`app.search.callback.SweepSummary` keeps it up to date during a sweep.
+
+Several objectives (a list `trainer.monitor`): `objective` is the first one's value (the run's
+monitor), and each objective has a column `objective:<metric>` after it, in the monitor's order."""
 from __future__ import annotations
 
 import csv
@@ -19,6 +22,7 @@ from app.run.record import Summary
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "sweep_summary.csv"
 COLUMNS = ["job", "overrides", "status", "objective", "best_epoch", "epochs_run", "wall_time_s", "run_dir"]
+OBJECTIVE_PREFIX = "objective:"  # + a metric name: the column of one objective of several
 
 
 def _job_number(path: Path) -> tuple[int, str]:
@@ -42,7 +46,16 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "wall_time_s": summary.wall_time_s if summary is not None else None,
             "run_dir": str(job),
         })
+        for name, value in ((summary.objectives or {}) if summary is not None else {}).items():
+            rows[-1][OBJECTIVE_PREFIX + name] = value
     return rows
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """COLUMNS, with the objectives' columns (in the order the rows first name them) after `objective`."""
+    extra = list(dict.fromkeys(key for row in rows for key in row if key.startswith(OBJECTIVE_PREFIX)))
+    at = COLUMNS.index("objective") + 1
+    return [*COLUMNS[:at], *extra, *COLUMNS[at:]]
 
 
 def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -51,7 +64,7 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(sweep_dir) / SUMMARY_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns(rows), restval="")
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
     os.replace(tmp, path)

@@ -44,6 +44,7 @@ import socket
 import sqlite3
 import sys
 import time
+import uuid
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
@@ -73,10 +74,12 @@ from app.search.study import (
     default_storage,
     display_url,
     is_memory,
+    is_transient,
     load_study,
     new_memory_storage,
     open_storage,
     prepare_storage,
+    root_cause,
     storage_refusal,
     trial_state,
 )
@@ -86,7 +89,9 @@ log = logging.getLogger(__name__)
 OWNER_ATTR = "app:owner"  # system attribute: which sweep process asked (and so runs) a trial
 SEARCH_ATTR = "app:search"  # study user attribute: the command that started the study
 UNCLAIMED_GRACE_S = 60.0  # a RUNNING trial with no owner this old was asked by a process that died
+RETRY_GRACE_S = 60.0  # an interrupted trial failed this long ago with no retry queued: its worker died
 CREATE_ATTEMPTS = 5  # creating a study on a fresh storage: tries (processes racing to make tables)
+STORAGE_OUTAGE_S = 300.0  # how long a worker keeps trying a storage that stopped answering
 
 
 @dataclass
@@ -186,8 +191,10 @@ def job_outcome(ret: JobReturn, objectives: int = 1) -> Outcome:
 
 
 # ------------------------------------------------------------------ owners of running trials
-def owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _STARTED}
+def owner(sweep: str | None = None) -> dict[str, Any]:
+    """This sweep process (`sweep`: which sweep loop of it, when it runs several, e.g. in tests)."""
+    who = {"host": socket.gethostname(), "pid": os.getpid(), "started": _STARTED}
+    return {**who, "sweep": sweep} if sweep else who
 
 
 _STARTED = time.time()
@@ -231,6 +238,15 @@ def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
         return True
     return (trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")
             and not trial.user_attrs.get("surplus"))
+
+
+def awaiting_retry(trials: Sequence[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Interrupted trials with no retry queued yet (none, or only retries given back as surplus).
+    The worker that failed one queues its retry at once (StudySweeper._settle): until then it
+    counts as running, so that no other worker asks a fresh trial in its place."""
+    retried = {t.user_attrs.get("retry_of") for t in trials if not t.user_attrs.get("surplus")}
+    return [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
+            and t.number not in retried and t.params]
 
 
 def age_s(trial: optuna.trial.FrozenTrial) -> float:
@@ -292,6 +308,10 @@ class StudySweeper(OptunaSweeperImpl):
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.max_retries, self.batch_barrier = max_retries, batch_barrier
         self.poll_s: float | None = None  # waiting for other workers' trials: None -> from the heartbeat
+        self.outage_s = STORAGE_OUTAGE_S  # a storage that stopped answering: how long to keep trying
+        self._sweep_id: str | None = None  # this sweep loop, in the owner of its trials (_run_trials)
+        self._stopping = False  # the loop is on its way out: storage errors are not waited out
+        self._existing, self._next_number = 0, None  # see _reseed_for_worker
         self.directions = [str(d).lower() for d in self._get_directions()]  # checked in sweep()
         if self.n_jobs < 1:
             raise ConfigError("hydra.sweeper.n_jobs", self.n_jobs, "an integer >= 1")
@@ -403,6 +423,10 @@ class StudySweeper(OptunaSweeperImpl):
         except ConfigError as error:
             print(f"Error: {error}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:  # Ctrl-C: the running trials are settled (_abandon), the workers ended
+            print("interrupted: the sweep stopped; the trials that were running are failed as interrupted, and the "
+                  "same command runs them again with the same parameters and finishes the study", file=sys.stderr)
+            sys.exit(130)
 
     def _sweep(self, arguments: list[str]) -> None:
         self._check_settings()
@@ -427,10 +451,12 @@ class StudySweeper(OptunaSweeperImpl):
         self._heartbeat = None if memory else self.heartbeat_interval
         study = self._create_study(direction, memory)
         self._check_same_search(study, space, fixed, direction)
-        self._recover(study)
+        self._retrying(lambda: self._recover(study), "recovering trials")
         existing = len(study.get_trials(deepcopy=False))
         if existing and not is_grid:
             self._reseed_sampler(existing)
+        # the number the next new trial gets if no other worker asks meanwhile (_reseed_for_worker)
+        self._existing, self._next_number = existing, None if is_grid else existing
         StudyFile(
             storage=self.url, study_name=self.study_name, direction=direction,
             pruner=OmegaConf.to_container(self.config.hydra.sweeper.pruner, resolve=True),
@@ -449,7 +475,7 @@ class StudySweeper(OptunaSweeperImpl):
             self._run_trials(runner, space, fixed, fixed_overrides, gpus, planned)
         finally:
             runner.close()
-        self._write_results(self._open())
+        self._retrying(lambda: self._write_results(self._open()), "writing the results")
 
     def _run_trials(self, runner, space: dict, fixed: dict, fixed_overrides: list[str], gpus: int,
                     planned: int) -> None:
@@ -461,6 +487,8 @@ class StudySweeper(OptunaSweeperImpl):
         devices: dict[int, int | None] = {}  # trial number -> device.index of its job
         failed: list[JobReturn | BaseException] = []
         waiting_for, stopping, starting = None, False, None
+        outage: tuple[float, int] | None = None  # since when, and how often, the storage did not answer
+        self._sweep_id, self._stopping = uuid.uuid4().hex[:12], False
         packer = getattr(self, "packer", None)  # packs of trials (app/search/packs.py), or None
 
         def held() -> list:  # trials this loop has asked and not told: running, starting, in packs
@@ -470,65 +498,75 @@ class StudySweeper(OptunaSweeperImpl):
         heartbeat = self._beat_for(lambda: [trial_id(t) for t in held()])
         try:
             while True:
-                study = self._open()
-                self._recover(study)
-                known = study.get_trials(deepcopy=False)
-                to_go = self.n_trials - sum(is_finished(t) for t in known)
-                if to_go <= 0 and not running:
-                    break
-                busy = sum(t.state == TrialState.RUNNING for t in known)  # any worker's, ours too
-                free = min(to_go - busy, runner.slots - len(running))
-                if packer is not None:  # a slot takes a pack; waiting trials count as busy
-                    free = packer.free(to_go - busy, runner.slots - len(running))
-                if stopping or (self.batch_barrier and running):
-                    free = 0
-                if free > 0:
-                    waiting_for = None
-                    if packer is not None:
-                        launches = packer.next_packs(study, free, to_go - busy, space, fixed, fixed_overrides)
-                    else:
-                        trials = self._ask(study, free)
-                        overrides = self._configure_trials(trials, space, fixed, fixed_overrides) if trials else []
-                        launches = (([trial], job) for trial, job in zip(trials, overrides))
-                    for members, job in launches:
-                        trial = members[0]
-                        gpu = pick_gpu([d for d in devices.values() if d is not None], gpus)
-                        job = (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial_id(trial)}",
-                               *([f"device.index={gpu}"] if gpu is not None else []))
-                        devices[trial.number], starting = gpu, trial
-                        future = runner.start(job, trial.number)
-                        running[future] = trial
-                        if packer is not None:
-                            packer.started(future, members)
-                        starting = None
-                        self.job_idx = max(self.job_idx or 0, trial.number + 1)
-                    continue
-                if not running:
-                    if stopping:
+                try:
+                    study = self._open()
+                    known = self._recover(study, {trial_id(t) for t in held()})
+                    to_go = self.n_trials - sum(is_finished(t) for t in known)
+                    if to_go <= 0 and not running:
                         break
-                    if waiting_for != busy:  # the rest is running elsewhere: wait for it (or its heartbeat)
-                        log.info("Waiting for %d trials of other workers (%d to finish)", busy, to_go)
-                        waiting_for = busy
-                    time.sleep(self._poll_interval())
+                    # any worker's, ours too, and interrupted ones whose retry is being queued
+                    busy = sum(t.state == TrialState.RUNNING for t in known) + len(awaiting_retry(known))
+                    free = min(to_go - busy, runner.slots - len(running))
+                    if packer is not None:  # a slot takes a pack; waiting trials count as busy
+                        free = packer.free(to_go - busy, runner.slots - len(running))
+                    if stopping or (self.batch_barrier and running):
+                        free = 0
+                    if free > 0:
+                        waiting_for = None
+                        if packer is not None:
+                            launches = packer.next_packs(study, free, to_go - busy, space, fixed, fixed_overrides)
+                        else:
+                            trials = self._ask(study, free)
+                            overrides = self._configure_trials(trials, space, fixed, fixed_overrides) if trials else []
+                            launches = (([trial], job) for trial, job in zip(trials, overrides))
+                        for members, job in launches:
+                            trial = members[0]
+                            gpu = pick_gpu([d for d in devices.values() if d is not None], gpus)
+                            job = (*job, f"++hydra.job.env_set.{TRIAL_ENV}={trial_id(trial)}",
+                                   *([f"device.index={gpu}"] if gpu is not None else []))
+                            devices[trial.number], starting = gpu, trial
+                            future = runner.start(job, trial.number)
+                            running[future] = trial
+                            if packer is not None:
+                                packer.started(future, members)
+                            starting = None
+                            self.job_idx = max(self.job_idx or 0, trial.number + 1)
+                        outage = None
+                        continue
+                    if not running:
+                        if stopping:
+                            break
+                        if waiting_for != busy:  # the rest is running elsewhere: wait for it (or its heartbeat)
+                            log.info("Waiting for %d trials of other workers (%d to finish)", busy, to_go)
+                            waiting_for = busy
+                        time.sleep(self._poll_interval())
+                        outage = None
+                        continue
+                    done, _ = futures_wait(running, timeout=self._poll_interval(), return_when=FIRST_COMPLETED)
+                    told = self._open() if done else None
+                    for future in done:
+                        trial = running[future]
+                        told_all = packer.tell(told, future) if packer is not None else None
+                        if told_all is None:
+                            told_all = [self._tell_job(told, trial, future)]
+                        del running[future]  # (after telling: a job that stops the sweep is abandoned with the rest)
+                        devices.pop(trial.number, None)
+                        for outcome, failure in told_all:
+                            if outcome is not None and outcome.state == TrialState.FAIL and failure is not None:
+                                failed.append(failure)
+                    if failed and len(failed) > self.max_failure_rate * planned and not stopping:
+                        stopping = True
+                        log.error("%d trials failed, more than max_failure_rate=%s of the %d this sweep set out "
+                                  "to run: stopping%s", len(failed), self.max_failure_rate, planned,
+                                  f" once the {len(running)} running trials end" if running else "")
+                except Exception as error:  # noqa: BLE001 - a storage that stopped answering: try again
+                    if not is_transient(error):
+                        raise
+                    outage = self._outage(outage, error, "looking at the study")
                     continue
-                done, _ = futures_wait(running, timeout=self._poll_interval(), return_when=FIRST_COMPLETED)
-                told = self._open() if done else None
-                for future in done:
-                    trial = running[future]
-                    told_all = packer.tell(told, future) if packer is not None else None
-                    if told_all is None:
-                        told_all = [self._tell_job(told, trial, future)]
-                    del running[future]  # (after telling: a job that stops the sweep is abandoned with the rest)
-                    devices.pop(trial.number, None)
-                    for outcome, failure in told_all:
-                        if outcome is not None and outcome.state == TrialState.FAIL and failure is not None:
-                            failed.append(failure)
-                if failed and len(failed) > self.max_failure_rate * planned and not stopping:
-                    stopping = True
-                    log.error("%d trials failed, more than max_failure_rate=%s of the %d this sweep set out "
-                              "to run: stopping%s", len(failed), self.max_failure_rate, planned,
-                              f" once the {len(running)} running trials end" if running else "")
+                outage = None
         except BaseException as error:
+            self._stopping = True
             self._abandon(held(), error)
             if isinstance(error, JobExited):
                 sys.exit(error.code)
@@ -580,10 +618,11 @@ class StudySweeper(OptunaSweeperImpl):
         run_dir = frozen.user_attrs.get("run_dir")
         if run_dir and Path(run_dir).is_dir():
             Summary(Status.FAILED, error=reason, interrupted=retry).write(run_dir)
-        self._record(storage, trial_id(trial), outcome, run_dir)
         if isinstance(error, WorkerDied):
             storage.set_trial_user_attr(trial_id(trial), "worker_died", True)
-        self._finish(study, trial.number, outcome)
+        if not self._settle(study, trial, outcome, run_dir):
+            log.warning("Trial %d: %s, but another worker had failed it as stale meanwhile", trial.number, reason)
+            return None, None
         if retry:
             log.warning("Trial %d: FAIL (%s); it will be run again with the same parameters (retry %d of %d)",
                         trial.number, reason, deaths + 1, self.max_retries)
@@ -611,6 +650,38 @@ class StudySweeper(OptunaSweeperImpl):
         if self.poll_s is not None:
             return self.poll_s
         return float(min(10, max(1, (self._heartbeat or 20) / 2)))
+
+    def _retrying(self, operation: Callable[[], Any], what: str) -> Any:
+        """`operation()`, tried again while the storage does not answer (bounded: _outage)."""
+        outage = None
+        while True:
+            try:
+                return operation()
+            except Exception as error:  # noqa: BLE001 - only a storage that stopped answering is retried
+                if not is_transient(error) or getattr(self, "_stopping", False):
+                    raise
+                outage = self._outage(outage, error, what)
+
+    def _outage(self, outage: tuple[float, int] | None, error: BaseException, what: str) -> tuple[float, int]:
+        """The storage did not answer (`outage`: since when and how often so far, None: the first
+        time): wait before the next try (0.5 s, doubling, at most 15 s). After `outage_s` seconds
+        without an answer, the one-paragraph ConfigError: nothing is lost (finished trials are
+        stored; running ones are settled on the way out, or recovered by the next worker)."""
+        now = time.monotonic()
+        since, tries = outage or (now, 0)
+        cause = root_cause(error)
+        if outage is None:
+            log.warning("The study's storage %s did not answer while %s (%s): trying again for up to %.0f s",
+                        display_url(self.url), what, cause, self.outage_s)
+        if now - since >= self.outage_s:
+            raise ConfigError(
+                "hydra.sweeper.storage", display_url(self.url),
+                "a storage that every worker reaches for as long as the sweep runs",
+                f"It did not answer for {now - since:.0f} s ({cause}), so this worker stops. Nothing is lost: "
+                "finished trials are stored; the trials that were running are run again, with the same "
+                "parameters, by the same command once the storage answers again") from None
+        time.sleep(min(15.0, 0.5 * 2 ** tries, max(0.0, since + self.outage_s - now)))
+        return since, tries + 1
 
     def _make_storage(self, memory: bool = False):
         if memory:
@@ -659,12 +730,17 @@ class StudySweeper(OptunaSweeperImpl):
         with warnings.catch_warnings():  # Optuna: heartbeats are "supposed to be used with optimize"
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trials = [study.ask() for _ in range(count)]
+        storage = storage_of(study)
         for trial in trials:
-            claim(study, trial)
+            claim(study, trial, owner(self._sweep_id))
+            if self._heartbeat:  # from now on its heartbeat tells whether it is alive, whatever
+                storage.record_heartbeat(trial_id(trial))  # happens to this worker next (any host)
+        self._reseed_for_worker(study, trials)
         known = study.get_trials(deepcopy=False)
         taken = sorted(t.number for t in known if is_finished(t) or t.state == TrialState.RUNNING)
         beyond = set(taken[self.n_trials:])
-        first_retry: dict[int, int] = {}  # interrupted trial -> the lowest number retrying it
+        first_retry: dict[int, int] = {}  # interrupted trial -> the lowest number retrying it (SQLite
+        # lets two workers fail one stale trial at once, and both queue its retry; see _settle)
         for t in known:
             if t.user_attrs.get("retry_of") is not None and not t.user_attrs.get("surplus"):
                 of = t.user_attrs["retry_of"]
@@ -679,7 +755,6 @@ class StudySweeper(OptunaSweeperImpl):
             else:
                 kept.append(trial)
                 continue
-            storage = storage_of(study)
             storage.set_trial_user_attr(trial_id(trial), "surplus", True)
             storage.set_trial_user_attr(trial_id(trial), "reason", reason)
             self._finish(study, trial.number, Outcome(TrialState.FAIL, None, Status.FAILED))
@@ -750,8 +825,17 @@ class StudySweeper(OptunaSweeperImpl):
         return packs.Packer(self, size)
 
     def _open(self):
-        return load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler,
-                          storage=self._storage())
+        """The study, opened once per storage and kept: Optuna's study object caches the trials that
+        have finished (they never change), so each look at the study reads only the trials that
+        are new or still running, and asking and telling a trial cost less (the loop looks at the
+        study after every trial)."""
+        storage = self._storage()
+        if getattr(self, "_study", None) is None or self._study_storage is not storage:
+            self._study = load_study(self.url, self.study_name, pruner=self.pruner, sampler=self.sampler,
+                                     storage=storage)
+            self._study_storage = storage
+        self._study.sampler, self._study.pruner = self.sampler, self.pruner
+        return self._study
 
     def _monitor(self) -> list[str] | None:
         """The metrics the runs return (trainer.monitor, from the command or a config file)."""
@@ -791,52 +875,120 @@ class StudySweeper(OptunaSweeperImpl):
                 + "; ".join(differences) + ". Resuming it would mix trials that do not compare",
             )
 
-    def _recover(self, study) -> None:
+    def _recover(self, study, mine: set[int] | None = None) -> list[optuna.trial.FrozenTrial]:
         """Settle RUNNING trials that nobody will tell and queue retries of interrupted ones: trials
-        whose heartbeat is older than the grace period (any worker, any host), and trials of a sweep
-        process on this host that is gone (the rule that also works with heartbeats off)."""
-        storage = storage_of(study)
+        whose heartbeat is older than the grace period (any worker, any host), trials of a sweep
+        process on this host that is gone (the rule that also works with heartbeats off), and
+        trials this sweep loop claimed but does not run (`mine`: the storage ids of the trials it
+        runs; an error between asking a trial and starting its job left it behind). Returns the
+        study's trials as they are afterwards (one read when there was nothing to settle)."""
         stale = set(stale_trial_ids(study))
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trials, changed = study.get_trials(deepcopy=False), False
+        for trial in [t for t in trials if t.state == TrialState.RUNNING]:
             owner_attr = trial.system_attrs.get(OWNER_ATTR)
-            if trial_id(trial) not in stale and not abandoned(owner_attr, age_s(trial)):
+            orphan = (mine is not None and owner_attr is not None and self._sweep_id is not None
+                      and owner_attr.get("sweep") == self._sweep_id and owner_attr.get("pid") == os.getpid()
+                      and trial_id(trial) not in mine)
+            if trial_id(trial) not in stale and not orphan and not abandoned(owner_attr, age_s(trial)):
                 continue
             run_dir = trial.user_attrs.get("run_dir")
             summary = Summary.read(run_dir)
             if summary is not None:
                 outcome = outcome_from_summary(summary, objectives=len(self.directions))
-                log.info("Trial %d had finished (%s) when its sweep stopped: told %s",
-                         trial.number, outcome.status, outcome.state.name)
+                line = (f"Trial {trial.number} had finished ({outcome.status}) when its sweep stopped: "
+                        f"told {outcome.state.name}")
             else:
                 who = f"pid {owner_attr.get('pid')} on {owner_attr.get('host')}" if owner_attr else "unknown"
                 reason = f"interrupted: its sweep process ({who}) ended while the trial ran"
                 if trial_id(trial) in stale:
                     reason = (f"interrupted: no heartbeat for more than the grace period (sweep process: "
                               f"{who})")
+                elif orphan:
+                    reason = "interrupted: its job was not started (the study's storage failed meanwhile)"
                 outcome = Outcome(TrialState.FAIL, None, Status.FAILED, reason, interrupted=True)
                 if run_dir and Path(run_dir).is_dir():
                     Summary(Status.FAILED, error=reason, interrupted=True).write(run_dir)
-                log.warning("Trial %d: %s; it will be run again", trial.number, reason)
-            try:
-                self._record(storage, trial_id(trial), outcome, run_dir)
-                self._finish(study, trial.number, outcome)
-            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError) as error:
-                log.info("Trial %d was settled by another worker meanwhile (%s)", trial.number, error)
-        trials = study.get_trials(deepcopy=False)
-        retried = {t.user_attrs.get("retry_of") for t in trials if not t.user_attrs.get("surplus")}
-        for trial in trials:
-            if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted") \
-                    and trial.number not in retried and trial.params:
+                line = f"Trial {trial.number}: {reason}"
+            changed = True
+            if self._settle(study, trial, outcome, run_dir):
+                (log.warning if outcome.interrupted else log.info)(line)
+            else:
+                log.info("Trial %d was settled by another worker meanwhile", trial.number)
+        # The worker that failed an interrupted trial queues its retry (_settle); one that died in
+        # between left none: queued here (at a sweep's start at once, later after RETRY_GRACE_S).
+        # Two workers that do so at once both queue one: _ask runs the lowest-numbered.
+        if changed:
+            trials = study.get_trials(deepcopy=False)
+        for trial in awaiting_retry(trials):
+            if mine is None or (trial.datetime_complete is not None and (
+                    datetime.datetime.now() - trial.datetime_complete).total_seconds() > RETRY_GRACE_S):
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
                 log.info("Trial %d (interrupted) queued again with the same parameters", trial.number)
+                changed = True
+        return study.get_trials(deepcopy=False) if changed else trials
 
-    def _reseed_sampler(self, existing_trials: int) -> None:
+    def _settle(self, study, trial, outcome: Outcome, run_dir: Any) -> bool:
+        """Record `outcome` on the RUNNING `trial` (a Trial or FrozenTrial) and finish it; for an
+        interrupted trial, queue a run of its parameters (user attribute `retry_of`). Whether this
+        worker finished it: when several workers settle one trial at once (each saw its heartbeat
+        go stale), the storage lets one of them move it out of RUNNING (PostgreSQL locks the row, a
+        journal file orders the writes) and only that one queues the retry, so a trial is retried
+        once. (SQLite cannot refuse the second: the retries that two workers queue are reduced to
+        one when asked, in _ask.) A worker killed between the two writes leaves the trial failed
+        without a retry: the study still ends with `n_trials` trials, the last one sampled afresh."""
+        storage = storage_of(study)
+        try:
+            self._record(storage, trial_id(trial), outcome, run_dir)
+            self._finish(study, trial.number, outcome)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        except ValueError as error:  # Study.tell: "Cannot tell a FAIL trial." (it was finished before our look)
+            if "Cannot tell" not in str(error):
+                raise
+            return False
+        params = trial.params
+        if outcome.interrupted and params:
+            self._retrying(lambda: study.enqueue_trial(params, user_attrs={"retry_of": trial.number}),
+                           f"queueing the retry of trial {trial.number}")
+            log.info("Trial %d (interrupted) queued again with the same parameters", trial.number)
+        return True
+
+    def _reseed_sampler(self, existing_trials: int, worker: int = 0) -> bool:
         """A seeded sampler made afresh would repeat the first invocation's samples: offset its
-        seed by the number of trials the study already has (deterministic for a given study)."""
+        seed by the number of trials the study already has (deterministic for a given study).
+        `worker` > 0: a worker that started beside others (_reseed_for_worker) gets a seed of its
+        own, derived from all three numbers. Whether the sampler was made again."""
         node = self.config.hydra.sweeper.sampler
-        if node is not None and node.get("seed") is not None:
-            self.sampler = self._build(node, "hydra.sweeper.sampler", seed=int(node.seed) + existing_trials,
-                                       **getattr(self, "_sampler_options", {}))
+        if node is None or node.get("seed") is None:
+            return False
+        seed = int(node.seed) + existing_trials
+        if worker:
+            import numpy as np
+
+            seed = int(np.random.SeedSequence([int(node.seed), existing_trials, worker]).generate_state(1)[0])
+        self.sampler = self._build(node, "hydra.sweeper.sampler", seed=seed, **getattr(self, "_sampler_options", {}))
+        return True
+
+    def _reseed_for_worker(self, study, trials: list) -> None:
+        """Workers started together on one study with one `sampler.seed` would each seed their
+        sampler alike (seed + the trials the study had when they started) and sample the same
+        parameters. A worker's first new trial (not a queued one, whose parameters are fixed)
+        tells it apart: a worker on its own gets the number the study's next trial had when it
+        started, and keeps its sampler (the same seed gives the same trials as ever); a worker
+        whose first trial came after other workers' new trials reseeds its sampler with a seed
+        derived from the seed, that count and the distance (_reseed_sampler)."""
+        if self._next_number is None:
+            return
+        storage = storage_of(study)
+        for trial in trials:
+            if "fixed_params" in storage.get_trial_system_attrs(trial_id(trial)):
+                continue
+            worker, self._next_number = trial.number - self._next_number, None
+            if worker > 0 and self._reseed_sampler(self._existing, worker):
+                study.sampler = self.sampler  # the trial samples through its study's sampler
+                log.info("Trial %d: %d trials of other workers came first: this worker's sampler "
+                         "seed is derived from hydra.sweeper.sampler.seed and that count", trial.number, worker)
+            return
 
     def _gpus_to_share(self, parallel: int) -> int:
         """GPUs to spread concurrent trials over: 0 unless trials run in parallel processes, the
@@ -872,12 +1024,11 @@ class StudySweeper(OptunaSweeperImpl):
 
     def _tell(self, study, trial, ret: JobReturn) -> Outcome | None:
         outcome = job_outcome(ret, len(self.directions))
-        if storage_of(study).get_trial(trial_id(trial)).state != TrialState.RUNNING:
+        if storage_of(study).get_trial(trial_id(trial)).state != TrialState.RUNNING \
+                or not self._settle(study, trial, outcome, run_dir_of(ret)):
             log.warning("Trial %d: %s, but another worker had failed it as stale (no heartbeat): "
                         "its retry counts instead", trial.number, outcome.state.name)
             return None
-        self._record(storage_of(study), trial_id(trial), outcome, run_dir_of(ret))
-        self._finish(study, trial.number, outcome)
         line = f"Trial {trial.number}: {outcome.state.name}"
         if outcome.values is not None:
             line += (f" value={outcome.value:.6g}" if len(outcome.values) == 1 else
@@ -890,21 +1041,29 @@ class StudySweeper(OptunaSweeperImpl):
     def _abandon(self, trials: list, error: BaseException) -> None:
         """The launch was cut short (Ctrl-C, or a job that exited the process): settle its trials.
         A job that wrote a failed summary before exiting is a FAIL of its own; the rest were
-        interrupted and will be retried by the next run of the command."""
-        study = self._open()
-        for trial in trials:
-            frozen = storage_of(study).get_trial(trial_id(trial))
-            if frozen.state != TrialState.RUNNING:
-                continue
-            run_dir = frozen.user_attrs.get("run_dir")
-            summary = Summary.read(run_dir)
-            if isinstance(error, (SystemExit, JobExited)) and summary is not None and summary.status == Status.FAILED:
-                outcome = outcome_from_summary(summary, objectives=len(self.directions))
-            else:
-                outcome = Outcome(TrialState.FAIL, None, Status.FAILED,
-                                  f"interrupted: the sweep stopped ({type(error).__name__})", interrupted=True)
-            self._record(storage_of(study), trial_id(trial), outcome, run_dir)
-            self._finish(study, trial.number, outcome)
+        interrupted: their retries are queued, for the next run of the command (or another worker).
+        A storage that does not answer leaves them RUNNING: the next worker to look recovers them
+        (their sweep process is gone, or their heartbeat stops)."""
+        try:
+            study = self._open()
+            for trial in trials:
+                frozen = storage_of(study).get_trial(trial_id(trial))
+                if frozen.state != TrialState.RUNNING:
+                    continue
+                run_dir = frozen.user_attrs.get("run_dir")
+                summary = Summary.read(run_dir)
+                if isinstance(error, (SystemExit, JobExited)) and summary is not None \
+                        and summary.status == Status.FAILED:
+                    outcome = outcome_from_summary(summary, objectives=len(self.directions))
+                else:
+                    outcome = Outcome(TrialState.FAIL, None, Status.FAILED,
+                                      f"interrupted: the sweep stopped ({type(error).__name__})", interrupted=True)
+                self._settle(study, frozen, outcome, run_dir)
+        except Exception as storage_error:  # noqa: BLE001 - the sweep is stopping anyway
+            if not is_transient(storage_error):
+                raise
+            log.warning("The study's storage did not answer while this worker stopped (%s): its %d running "
+                        "trials stay RUNNING until a worker recovers them", type(storage_error).__name__, len(trials))
 
     def _write_results(self, study) -> None:
         """`optimization_results.yaml` in the sweep dir, as the plugin writes it: the best

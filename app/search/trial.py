@@ -87,8 +87,19 @@ class OptunaTrial:
         if not self._reports:
             return False
         if len(self.curves) == 1:
-            self.trial.report(value, epoch)
-            return self._prunes and bool(self.trial.should_prune())
+            try:
+                self.trial.report(value, epoch)
+                return self._prunes and bool(self.trial.should_prune())
+            except Exception as error:  # noqa: BLE001 - a storage that does not answer just now
+                from app.search.study import is_transient, root_cause
+
+                if not is_transient(error):
+                    raise
+                # the run goes on (its result is told by the sweeper, from its run dir); this epoch
+                # is missing from the trial's curve, and the pruner is not asked about it
+                log.warning("Trial %d: epoch %d not reported, the study's storage did not answer (%s)",
+                            self.number, epoch, root_cause(error))
+                return False
         if not self._prunes:
             return False
         frozen = copy.copy(self.trial.storage.get_trial(trial_id(self.trial)))
