@@ -187,6 +187,9 @@ class SnapshotThenInterrupt(Callback):
 
     def on_epoch_end(self, trainer, metrics) -> None:
         if trainer.epoch == self.keep:
+            for callback in trainer.callbacks:  # last.pt is written on a background thread
+                if hasattr(callback, "flush"):
+                    callback.flush()
             shutil.copy(self.checkpoints / "last.pt", self.checkpoints / "kept.pt")
         if trainer.epoch == self.keep + 1:
             raise KeyboardInterrupt
