@@ -3,7 +3,6 @@ best.pt / snapshot bookkeeping, and the metrics.csv rewrite on resume."""
 from __future__ import annotations
 
 import csv
-import math
 import io
 import os
 import random
@@ -21,7 +20,7 @@ from app.models import MLP
 from app.run.reproducibility import rng_state, set_rng_state
 from tests.conftest import options_of
 from app.train.tasks import TASKS
-from app.train.trainer import TIMING_METRICS, Trainer, decode_history, encode_history
+from app.train.trainer import TIMING_METRICS, Trainer
 
 
 class Interrupted(Exception):
@@ -111,7 +110,7 @@ def test_last_pt_holds_the_full_state(tmp_path):
     trainer.fit(train, val)
     state = torch.load(checkpoint.last_path, weights_only=True)
     assert {"model", "optimizer", "scheduler", "trainer", "callbacks", "train_batches", "rng", "epoch"} <= set(state)
-    assert state["trainer"]["epoch"] == 2 and len(decode_history(state["trainer"]["history"])) == 2
+    assert state["trainer"]["epoch"] == 2 and len(state["trainer"]["history"]) == 2
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["callbacks"]["EarlyStopping"]["best"] == trainer.best
     assert state["scheduler"]["last_epoch"] == 2  # stepped before the checkpoint: ready for epoch 3
@@ -354,9 +353,7 @@ def test_background_and_synchronous_checkpoints_hold_the_same_state(tmp_path):
     for (pa, sa), (pb, sb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
         for name in sa:
             assert torch.equal(sa[name], sb[name]), name
-    history_a, history_b = decode_history(a["trainer"]["history"]), decode_history(b["trainer"]["history"])
-    assert len(history_a) == len(history_b) == 3
-    for metrics_a, metrics_b in zip(history_a, history_b):
+    for metrics_a, metrics_b in zip(a["trainer"]["history"], b["trainer"]["history"]):
         assert {k: v for k, v in metrics_a.items() if k not in TIMING_METRICS} == \
                {k: v for k, v in metrics_b.items() if k not in TIMING_METRICS}
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
@@ -371,24 +368,3 @@ def test_the_serialized_state_is_a_copy_training_cannot_change():
     copy = torch.load(io.BytesIO(bytes(data)), weights_only=True)
     assert torch.equal(copy["model"]["w"], torch.ones(3)) and copy["history"][0]["loss"] == 1.0
     assert copy["model"]["w"] is copy["model"]["tied"]  # shared stays shared
-
-
-def test_history_is_stored_as_one_table_and_read_back_exactly():
-    history = [{"epoch": 1, "train_loss": 0.1 + 0.2, "lr": 3e-3},
-               {"epoch": 2, "train_loss": float("nan"), "val_loss": float("inf"), "lr": 1e-310},
-               {"epoch": 3, "train_loss": -0.0, "val_loss": 1 / 3, "grad_norm": 2.0 ** 60}]
-    stored = encode_history(history)
-    assert set(stored) == {"columns", "ints", "values", "present"}  # a table, not ~30 pickled objects
-    back = decode_history(stored)
-    assert [set(m) for m in back] == [set(m) for m in history]  # the same keys per epoch
-    assert [type(m["epoch"]) for m in back] == [int, int, int]
-    assert back[0] == history[0] and back[2] == history[2]
-    assert math.isnan(back[1]["train_loss"]) and back[1]["val_loss"] == float("inf") and back[1]["lr"] == 1e-310
-    buffer = io.BytesIO()
-    torch.save({"history": stored}, buffer)
-    buffer.seek(0)
-    assert decode_history(torch.load(buffer, weights_only=True)["history"])[2] == history[2]
-    # checkpoints written before the table held the list itself; odd values keep the list
-    assert decode_history(history) == history and decode_history(history) is not history
-    assert encode_history([{"epoch": 1, "note": "x"}]) == [{"epoch": 1, "note": "x"}]
-    assert encode_history([{"epoch": 2 ** 60}]) == [{"epoch": 2 ** 60}]

@@ -65,38 +65,6 @@ class FitResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-
-def encode_history(history: Sequence[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
-    """Every epoch's metrics as a checkpoint stores them: one float64 table (NaN where an epoch has
-    no value, `present` says which) and the column names, not a list of dicts. Each pickled
-    object costs torch.save a Python call: a list of dicts of 100 epochs is ~1,100 objects, half
-    of a small model's last.pt, which packs write once per member and epoch. Exact: float64 holds
-    every float and every int up to 2**53. Histories with other values stay a list."""
-    columns = list(dict.fromkeys(key for metrics in history for key in metrics))
-    values = [v for metrics in history for v in metrics.values()]
-    if not all(type(v) in (int, float) for v in values) or any(type(v) is int and abs(v) > 2 ** 53 for v in values):
-        return [dict(metrics) for metrics in history]
-    ints = [all(type(m[c]) is int for m in history if c in m) for c in columns]
-    nan = float("nan")
-    return {
-        "columns": columns,
-        "ints": ints,
-        "values": torch.tensor([[float(m.get(c, nan)) for c in columns] for m in history], dtype=torch.float64),
-        "present": torch.tensor([[c in m for c in columns] for m in history], dtype=torch.bool),
-    }
-
-
-def decode_history(stored: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The list of per-epoch metrics dicts back from `encode_history` (or from a checkpoint
-    written before it, which held the list itself)."""
-    if isinstance(stored, list):
-        return [dict(metrics) for metrics in stored]
-    columns, ints = stored["columns"], stored["ints"]
-    rows = stored["values"].tolist()
-    present = stored["present"].tolist()
-    return [{c: (int(v) if is_int else v) for c, is_int, v, here in zip(columns, ints, row, mask) if here}
-            for row, mask in zip(rows, present)]
-
 class Trainer:
     """Trains `model` with `optimizer` on `loss_fn`; see module docstring.
 
@@ -252,7 +220,7 @@ class Trainer:
             "should_stop": self.should_stop,
             "stop_reason": self.stop_reason,
             "stop_message": self.stop_message,
-            "history": encode_history(self.history),
+            "history": [dict(metrics) for metrics in self.history],
             # float16 loss scale and its growth tracker (empty unless precision=16-mixed)
             "grad_scaler": self.scaler.state_dict(),
         }
@@ -263,7 +231,7 @@ class Trainer:
         self.last = state["last"]
         self.should_stop, self.stop_reason = state["should_stop"], state["stop_reason"]
         self.stop_message = state["stop_message"]
-        self.history = decode_history(state["history"])
+        self.history = [dict(metrics) for metrics in state["history"]]
         if state.get("grad_scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["grad_scaler"])
 
