@@ -40,7 +40,7 @@ def sweep(barrier: str, jobs: int, trials: int, extra: list[str], workdir: Path,
                "hydra/sweeper/pruner=median", "hydra/launcher=joblib", f"hydra.sweeper.n_jobs={jobs}",
                f"hydra.launcher.n_jobs={jobs}", f"hydra.sweeper.batch_barrier={barrier}",
                f"hydra.sweeper.n_trials={trials}", "logger=none", "trainer.progress_bar=false",
-               "trainer.log_every=0", *extra]
+               "trainer.log_every=0", "pack=false", *extra]  # one trial per job: the loop is measured, not packs
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's
     env = {**os.environ, "PYTHONPATH": path, "WANDB_SILENT": "true", "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
