@@ -1,9 +1,13 @@
 """Shared fixtures: composing configs in-process and running `python -m app` in a subprocess."""
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +62,61 @@ def run_app(tmp_path):
         return proc
 
     return _run
+
+
+def app_in(cwd: Path, *args: str, kill: str | None = None, env: dict[str, str] | None = None,
+           launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run `python [launcher] -m app *args` in `cwd` (made if missing); `kill` arms one of
+    app/run/faults.py's test kill points (APP_TEST_KILL_AT); `env` adds variables."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", **(env or {})}
+    environment.pop("APP_TEST_KILL_AT", None)
+    if kill:
+        environment["APP_TEST_KILL_AT"] = kill
+    return subprocess.run([sys.executable, *launcher, "-m", "app", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """`proc`, once its exit status is 0 (else the assertion shows its output's end)."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def metrics_rows(run: Path) -> list[dict[str, str]]:
+    """metrics.csv of a run (or seed) directory without the timing columns, as read."""
+    from app.train.trainer import TIMING_METRICS
+
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING_METRICS} for row in csv.DictReader(f)]
+
+
+def run_digest(run: Path) -> str:
+    """Hash of a run directory's files but its log and lock file (what a refused or empty resume
+    must leave alone; the lock names whichever process held it last)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in run.rglob("*") if p.is_file() and p.name not in ("train.log", ".lock")):
+        h.update(str(path.relative_to(run)).encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def kill_sweep_mid_trial(cwd: Path, args: list[str], env: dict[str, str]) -> None:
+    """Start `python -m app *args` (a sweep) in `cwd` and SIGKILL it once trial 1's metrics.csv
+    has a few rows (the trial is half-way); fail if the sweep ended first."""
+    sweep = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=cwd, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sweep.poll() is None:
+            metrics = list((cwd / "outputs" / "sweeps").glob("*/*/1/metrics.csv"))
+            if metrics and len(metrics[0].read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.02)  # polling the file, bounded by the deadline
+        assert sweep.poll() is None, "the sweep ended before it could be killed"
+        sweep.send_signal(signal.SIGKILL)
+    finally:
+        sweep.kill()
+        sweep.wait()
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -4,14 +4,9 @@ trainer.devices=2` and `torchrun`: the same numbers as one process, one run dir,
 resume, a sweep whose jobs are 2-process groups with a pruned trial."""
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
 import math
-import os
-import subprocess
-import sys
 
 import optuna
 import pytest
@@ -23,8 +18,7 @@ from app.errors import ConfigError
 from app.run import faults
 from app.run.distributed import check_devices
 from app.train.distributed import shard
-from app.train.trainer import TIMING_METRICS
-from tests.conftest import run_dirs
+from tests.conftest import app_in, metrics_rows, ok, run_digest, run_dirs
 
 # 320 training samples in global batches of 96: 3 full batches and one of 32; validation 80.
 ARGS = ["trainer.epochs=4", "data.n_samples=400", "trainer.batch_size=96", "trainer.accumulate_grad_batches=2",
@@ -175,31 +169,15 @@ def test_trainer_on_two_ranks_takes_the_one_process_steps(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 def app(cwd, *args, kill=None, torchrun=False):
-    cwd.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-    env.pop("APP_TEST_KILL_AT", None)
-    if kill:
-        env["APP_TEST_KILL_AT"] = kill
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun else []
-    return subprocess.run([sys.executable, *launcher, "-m", "app", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2") if torchrun else ()
+    return app_in(cwd, *args, kill=kill, env={"OMP_NUM_THREADS": "1"}, launcher=launcher)
 
 
 def metrics(run):
-    with open(run / "metrics.csv", newline="") as f:
-        return [{k: float(v) for k, v in row.items() if k not in TIMING_METRICS and v} for row in csv.DictReader(f)]
+    return [{k: float(v) for k, v in row.items() if v} for row in metrics_rows(run)]
 
 
-def digest(run):
-    h = hashlib.sha256()
-    for path in sorted(p for p in run.rglob("*") if p.is_file() and p.name not in ("train.log", ".lock")):
-        h.update(str(path.relative_to(run)).encode() + path.read_bytes())
-    return h.hexdigest()
+digest = run_digest
 
 
 @pytest.fixture(scope="module")

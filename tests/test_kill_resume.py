@@ -2,21 +2,16 @@
 numbers and weights, bit for bit (CPU). The kill points are app/run/faults.py's test hooks."""
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import math
-import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from app.train.trainer import TIMING_METRICS
-from tests.conftest import run_dirs
+from tests.conftest import app_in, metrics_rows, ok, run_digest, run_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -29,23 +24,10 @@ KILLED = -signal.SIGKILL
 
 
 def app(cwd, *args, kill=None):
-    cwd.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    env.pop("APP_TEST_KILL_AT", None)
-    if kill:
-        env["APP_TEST_KILL_AT"] = kill
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return app_in(cwd, *args, kill=kill)
 
 
-def ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def metrics(run):
-    with open(run / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING_METRICS} for row in csv.DictReader(f)]
+metrics = metrics_rows
 
 
 def epochs_in_csv(run):
@@ -56,13 +38,7 @@ def checkpoint(run, name="last.pt"):
     return torch.load(run / "checkpoints" / name, weights_only=True)
 
 
-def digest(run):
-    """Hash of the run's files but its log and lock file (what a refused or empty resume must
-    leave alone; the lock names whichever process held it last)."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in run.rglob("*") if p.is_file() and p.name not in ("train.log", ".lock")):
-        h.update(str(path.relative_to(run)).encode() + path.read_bytes())
-    return h.hexdigest()
+digest = run_digest
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -21,7 +19,7 @@ from optuna.trial import TrialState
 
 from app.errors import ConfigError
 from app.search.packs import CPU_AUTO, cuda_pack_limit, per_member, sampler_options, shape_key, sweep_pack_size
-from tests.conftest import CONF, FAST
+from tests.conftest import CONF, FAST, kill_sweep_mid_trial
 
 STUDY = "train-regression_optuna"
 SEARCH = ["--multirun", "hparams_search=regression_optuna", "hydra/sweeper/sampler=random",
@@ -213,20 +211,7 @@ def test_a_killed_packed_sweep_resumes_and_retries_its_members(tmp_path):
     args = [*SEARCH, "pack=3", "hydra.sweeper.n_trials=3", "optimizer.lr=tag(log,interval(1e-3,1e-2))",
             "trainer.epochs=60", "~callbacks.early_stopping"]
     env = {**os.environ, "WANDB_SILENT": "true"}
-    sweep = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:  # kill it while the pack is training: member 1's metrics.csv has some rows, not all
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and sweep.poll() is None:
-            metrics = list((tmp_path / "outputs" / "sweeps").glob("*/*/1/metrics.csv"))
-            if metrics and len(metrics[0].read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.02)
-        assert sweep.poll() is None, "the sweep ended before it could be killed"
-        sweep.send_signal(signal.SIGKILL)
-    finally:
-        sweep.kill()
-        sweep.wait()
+    kill_sweep_mid_trial(tmp_path, args, env)  # kill it while the pack is training (member 1 half-way)
     assert [t.state for t in load(tmp_path).trials] == [TrialState.RUNNING] * 3  # one pack, killed
 
     log = run_sweep(tmp_path, *args)

@@ -13,10 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,8 +26,7 @@ from app.run.pack import execute_pack, pack_size
 from app.run.seeds import with_seed
 from app.train.packed import COMPACT_FRACTION, PackedTrainer, unpackable, unpackable_config
 from app.train.stacked_optim import StackedOptimizer, unsupported
-from app.train.trainer import TIMING_METRICS
-from tests.conftest import FAST, run_dirs
+from tests.conftest import FAST, app_in, metrics_rows, run_dirs
 
 STEP = dict(rtol=2e-6, atol=1e-7)
 EPOCHS = dict(rtol=1e-4, atol=1e-6)
@@ -315,27 +311,12 @@ def test_pack_sizes(compose_cfg):
 
 
 # ----------------------------------------------------------------------------- end to end
-def _app(cwd, *args, kill=None):
-    cwd.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
-    env.pop("APP_TEST_KILL_AT", None)
-    if kill:
-        env["APP_TEST_KILL_AT"] = kill
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def _metrics(seed_dir):
-    with open(seed_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING_METRICS} for row in csv.DictReader(f)]
-
-
 @pytest.mark.slow
 def test_seeds_train_as_one_pack_with_the_records_of_one_at_a_time(tmp_path):
-    packed = _app(tmp_path / "packed", *FAST, "seeds=[1,2,3]")
+    packed = app_in(tmp_path / "packed", *FAST, "seeds=[1,2,3]")
     assert packed.returncode == 0, packed.stderr
     assert "pack of 3 runs" in packed.stdout + packed.stderr
-    alone = _app(tmp_path / "alone", *FAST, "seeds=[1,2,3]", "pack=false")
+    alone = app_in(tmp_path / "alone", *FAST, "seeds=[1,2,3]", "pack=false")
     assert alone.returncode == 0, alone.stderr
     assert "pack of" not in alone.stdout + alone.stderr
     [p_dir], [a_dir] = run_dirs(tmp_path / "packed"), run_dirs(tmp_path / "alone")
@@ -348,7 +329,7 @@ def test_seeds_train_as_one_pack_with_the_records_of_one_at_a_time(tmp_path):
         assert sorted(x.name for x in seed_dir.iterdir()) == sorted(x.name for x in (a_dir / f"seed_{seed}").iterdir())
         assert (seed_dir / "checkpoints" / "best.pt").exists() and (seed_dir / "checkpoints" / "last.pt").exists()
         assert json.loads((seed_dir / "summary.json").read_text())["status"] == "completed"
-        rows_p, rows_a = _metrics(seed_dir), _metrics(a_dir / f"seed_{seed}")
+        rows_p, rows_a = metrics_rows(seed_dir), metrics_rows(a_dir / f"seed_{seed}")
         assert [float(r["val_loss"]) for r in rows_p] == pytest.approx([float(r["val_loss"]) for r in rows_a], rel=1e-4)
 
 
@@ -356,17 +337,17 @@ def test_seeds_train_as_one_pack_with_the_records_of_one_at_a_time(tmp_path):
 def test_a_killed_pack_resumes_bit_for_bit(tmp_path):
     # 5 batches per epoch, 3 seeds: each seed's batches count, so batch:23 is mid-epoch 2.
     args = [*SMALL, "trainer.epochs=4", "seeds=[1,2,3]"]
-    whole = _app(tmp_path / "whole", *args)
+    whole = app_in(tmp_path / "whole", *args)
     assert whole.returncode == 0, whole.stderr
-    killed = _app(tmp_path / "killed", *args, kill="batch:23")
+    killed = app_in(tmp_path / "killed", *args, kill="batch:23")
     assert killed.returncode == -signal.SIGKILL
     [run] = run_dirs(tmp_path / "killed")
     assert not (run / "summary.json").exists()
-    resumed = _app(tmp_path / "killed", f"resume={run}")
+    resumed = app_in(tmp_path / "killed", f"resume={run}")
     assert resumed.returncode == 0, resumed.stderr
     [reference] = run_dirs(tmp_path / "whole")
     for seed in (1, 2, 3):
-        assert _metrics(run / f"seed_{seed}") == _metrics(reference / f"seed_{seed}")
+        assert metrics_rows(run / f"seed_{seed}") == metrics_rows(reference / f"seed_{seed}")
         ours = torch.load(run / f"seed_{seed}" / "checkpoints" / "last.pt", weights_only=True)
         theirs = torch.load(reference / f"seed_{seed}" / "checkpoints" / "last.pt", weights_only=True)
         for name, value in theirs["model"].items():

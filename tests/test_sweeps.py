@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import FAST, run_dirs
+from tests.conftest import FAST, kill_sweep_mid_trial, run_dirs
 
 pytestmark = pytest.mark.slow
 SEARCH = ["--multirun", "hparams_search=regression_optuna", "hydra/sweeper/sampler=random",
@@ -83,20 +81,7 @@ def test_killed_sweep_resumes_to_exactly_n_trials(tmp_path):
     args = [*SEARCH, "hydra.sweeper.n_trials=3", "optimizer.lr=tag(log,interval(1e-3,1e-2))",
             *FAST, "trainer.epochs=40"]
     env = {**os.environ, "WANDB_SILENT": "true"}
-    sweep = subprocess.Popen([sys.executable, "-m", "app", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:  # kill it while trial 1 is half-way: its metrics.csv has some rows, not all
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and sweep.poll() is None:
-            metrics = list((tmp_path / "outputs" / "sweeps").glob("*/*/1/metrics.csv"))
-            if metrics and len(metrics[0].read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.02)
-        assert sweep.poll() is None, "the sweep ended before it could be killed"
-        sweep.send_signal(signal.SIGKILL)
-    finally:
-        sweep.kill()
-        sweep.wait()
+    kill_sweep_mid_trial(tmp_path, args, env)  # kill it while trial 1 is half-way
     states = [t.state for t in load(tmp_path).trials]
     assert states == [TrialState.COMPLETE, TrialState.RUNNING]  # killed mid-trial
 
