@@ -87,6 +87,8 @@ def instantiate(node: Any, key: str, trusted_modules: Iterable[str] = (), *args:
     try:
         return hydra_instantiate(node, *args, _execution_whitelist_=list(allowed), **kwargs)
     except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):  # a class's own check of its arguments
+            raise error.__cause__ from None
         resolved = re.search(r"Target '([^']+)' \(resolved from '([^']+)'\) is not in the Hydra execution whitelist",
                              str(error))
         if resolved is None:

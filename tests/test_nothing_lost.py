@@ -182,12 +182,13 @@ def test_a_disk_full_mid_run_gives_one_paragraph_keeps_the_records_and_resumes(t
 
 # Writes of a seed of 3 epochs, one seed after the other: provenance.json, metrics.csv header,
 # per epoch last.pt and a row, summary.json: 9. The 2nd seed's 5th write is its epoch-2 last.pt.
-# Packed, the members write in turn: the 9th write is seed 2's first last.pt.
+# Packed, the members write in turn, each at every epoch (pack_interval_s=0): the 9th write is
+# seed 2's first last.pt.
 @pytest.mark.slow
 @pytest.mark.parametrize("pack, write", [("false", 14), ("auto", 9)])
 def test_a_disk_full_in_the_second_seed_keeps_finished_seeds_and_resumes_the_run(tmp_path, pack, write):
     proc = run_app(tmp_path, *FAST, "trainer.epochs=3", "seeds=[1,2,3]", f"pack={pack}", "trainer.threads=1",
-                   APP_TEST_KILL_AT=f"disk_full:{write}")
+                   "callbacks.checkpoint.pack_interval_s=0", APP_TEST_KILL_AT=f"disk_full:{write}")
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     [paragraph] = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]

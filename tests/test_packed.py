@@ -187,6 +187,94 @@ def test_members_checkpoints_hold_plain_single_model_state(compose_cfg, tmp_path
         assert [int(r["epoch"]) for r in rows] == [1, 2]
 
 
+def _record_writes(run):
+    """The epochs at which `run`'s checkpoint writes last.pt (a list that fills as it trains)."""
+    epochs, write = [], run.checkpoint._write
+
+    def recording(state, improved, due, epoch, *args):
+        epochs.append(epoch)
+        return write(state, improved, due, epoch, *args)
+
+    run.checkpoint._write = recording
+    return epochs
+
+
+# mode=max on val_loss: the best epoch is an early one (the loss falls), so best.pt is not last.pt
+HELD = ["trainer.epochs=5", "~callbacks.early_stopping", "trainer.mode=max",
+        "callbacks.checkpoint.pack_interval_s=3600"]
+
+
+def test_a_held_pack_writes_at_the_end_and_keeps_each_members_best_weights(compose_cfg, tmp_path):
+    pack = _runs(compose_cfg, tmp_path, [1, 2], *HELD)
+    alone = _runs(compose_cfg, tmp_path, [1, 2], *HELD, name="alone")
+    writes = [_record_writes(run) for run in pack]
+    PackedTrainer(pack).fit()
+    assert writes == [[5], [5]]  # within the interval: only each member's end
+    for lone, member in zip(alone, pack):
+        lone.trainer.fit(lone.train, lone.val)
+        epoch = member.trainer.best_epoch
+        assert epoch == lone.trainer.best_epoch and epoch < 5
+        best = torch.load(member.checkpoint.best_path, weights_only=True)
+        theirs = torch.load(lone.checkpoint.best_path, weights_only=True)
+        last = torch.load(member.checkpoint.last_path, weights_only=True)
+        assert best["epoch"] == epoch and last["epoch"] == 5 and best["metrics"]["epoch"] == epoch
+        assert best["inference"] == theirs["inference"]
+        for name, value in theirs["model"].items():  # the best epoch's weights, not the last's
+            torch.testing.assert_close(best["model"][name], value, **EPOCHS)
+            assert torch.equal(last["best_model"][name], best["model"][name])
+            assert not torch.equal(last["model"][name], best["model"][name]) or value.numel() == 0
+
+
+def test_a_resume_rewrites_the_best_pt_a_kill_left_behind(compose_cfg, tmp_path):
+    # killed between a held member's last.pt and its best.pt of an earlier epoch: best.pt is
+    # an older one; last.pt holds the best weights, and the resume writes best.pt from them
+    [member] = _runs(compose_cfg, tmp_path, [1], *HELD)
+    PackedTrainer([member]).fit()
+    directory = member.checkpoint.directory
+    best = torch.load(directory / "best.pt", weights_only=True)
+    stale = torch.load(directory / "last.pt", weights_only=True)
+    stale["epoch"] = 0
+    torch.save(stale, directory / "best.pt")
+    [fresh] = _runs(compose_cfg, tmp_path, [1], *HELD, name="fresh")
+    fresh.checkpoint.directory.mkdir(parents=True)
+    for name in ("last.pt", "best.pt"):
+        (fresh.checkpoint.directory / name).write_bytes((directory / name).read_bytes())
+    fresh.checkpoint.restore(fresh.trainer, fresh.train)
+    rewritten = torch.load(fresh.checkpoint.best_path, weights_only=True)
+    assert rewritten["epoch"] == best["epoch"] == fresh.trainer.best_epoch < 5
+    for name, value in best["model"].items():
+        assert torch.equal(rewritten["model"][name], value)
+
+
+def test_a_pack_asks_its_members_to_write_together_once_the_interval_is_over(compose_cfg, tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("app.train.packed.time.monotonic", lambda: clock[0])
+    # member 1 writes every 2nd epoch: asked at epoch 2, it writes at its next due epoch
+    pack = _runs(compose_cfg, tmp_path, [1, 2], *HELD[:-1], "callbacks.checkpoint.pack_interval_s=10",
+                 per_member={1: ["trainer.checkpoint_every=2"]})
+    writes = [_record_writes(run) for run in pack]
+
+    class Clock:  # member 0's epoch 1 ends 12 s after the start, later epochs 1 s each
+        reads_model = False
+
+        def __getattr__(self, hook):
+            return lambda *args: None
+
+        def on_epoch_end(self, trainer, metrics):
+            clock[0] += 12.0 if trainer.epoch == 1 else 1.0
+
+    pack[0].trainer.callbacks.insert(0, Clock())
+    PackedTrainer(pack).fit()
+    # the pack looks once per epoch, before the callbacks: at epoch 2 (12 s gone) it asks both
+    assert writes == [[2, 5], [2, 5]]
+
+
+def test_a_bad_pack_interval_is_refused(compose_cfg, tmp_path):
+    for value in (-1, "soon"):
+        with pytest.raises(ConfigError, match="pack_interval_s"):
+            _runs(compose_cfg, tmp_path, [1], f"callbacks.checkpoint.pack_interval_s={value}")
+
+
 def test_a_member_that_stops_is_frozen_and_the_pack_compacts(compose_cfg, tmp_path):
     seeds = [1, 2, 3, 4]
     overrides = ["trainer.epochs=4", "~callbacks.early_stopping"]
@@ -334,9 +422,12 @@ def test_seeds_train_as_one_pack_with_the_records_of_one_at_a_time(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_pack_resumes_bit_for_bit(tmp_path):
+# pack_interval_s: 0, each member writes at its due epochs as a lone run; a tiny interval, the
+# pack holds its members and asks for their writes at every epoch.
+@pytest.mark.parametrize("interval", ["0", "1e-9"])
+def test_a_killed_pack_resumes_bit_for_bit(tmp_path, interval):
     # 5 batches per epoch, 3 seeds: each seed's batches count, so batch:23 is mid-epoch 2.
-    args = [*SMALL, "trainer.epochs=4", "seeds=[1,2,3]"]
+    args = [*SMALL, "trainer.epochs=4", "seeds=[1,2,3]", f"callbacks.checkpoint.pack_interval_s={interval}"]
     whole = app_in(tmp_path / "whole", *args)
     assert whole.returncode == 0, whole.stderr
     killed = app_in(tmp_path / "killed", *args, kill="batch:23")

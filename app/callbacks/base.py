@@ -17,6 +17,12 @@ class Callback:
     summary is final (after testing), also when the run failed: release resources there.
     """
 
+    # Whether on_epoch_end reads `trainer.model` or `trainer.optimizer`. In a pack
+    # (app/train/packed.py) a member's model and optimizer are brought up to date with its row
+    # of the pack for the callbacks that do (a copy per member and epoch); set False in a
+    # callback that does not.
+    reads_model = True
+
     def on_fit_start(self, trainer: "Trainer") -> None:
         pass
 

@@ -239,21 +239,63 @@ def load_checkpoint(path: str | Path | BinaryIO, name: str | None = None) -> dic
     return state
 
 
+def best_checkpoint(state: dict[str, Any], history: list[dict[str, float]]) -> dict[str, Any]:
+    """best.pt for the last.pt `state` of a pack member whose best epoch is an earlier one: the
+    weights `state["best_model"]`, that epoch's metrics and what inference needs. It is for
+    using the model (evaluate, predict, the test with the best weights), not for resuming:
+    resumes read last.pt."""
+    epoch = state["best_epoch"]
+    metrics = next((m for m in history if m.get("epoch") == epoch), {})
+    keys = ("format", "monitor", "mode", "best", "best_epoch", "inference")
+    return {**{key: state[key] for key in keys}, "epoch": epoch, "model": state["best_model"],
+            "metrics": dict(metrics)}
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch of the checkpoint at `path`; None when there is none or it cannot be read."""
+    try:
+        return int(load_checkpoint(path).get("epoch"))
+    except (ValueError, TypeError, OSError):
+        return None
+
+
 class Checkpoint(Callback):
     """Saves `last.pt` every `every` epochs, at the end, and whenever the monitored metric
     reaches a new best; `best.pt` is then the same file (a hard link: no second write).
     `keep_last_k` > 0 also keeps `epoch-NNNN.pt` for the last k of the every-N epochs.
 
+    A member of a pack (app/train/packed.py) with `pack_interval_s` > 0 is *held* by its pack
+    (`join_pack`): its last.pt is written at the end, at its snapshot epochs, and at the first due
+    epoch after the pack asks for it (`request_write`: the pack does so for all its members at
+    once, at most every `pack_interval_s` seconds, so a killed pack resumes with its members at
+    one epoch). Its best weights live in the pack meanwhile; a write whose epoch is not the best
+    one also writes best.pt from them and keeps them in last.pt (`best_model`), from which a
+    resume rewrites a best.pt that a kill left behind.
+
     `directory` is taken relative to `run_dir` (the run directory, which the app passes) unless
     it is absolute. Options and their defaults: conf/callbacks/checkpoint.yaml."""
 
+    # The pack copies a member's slice into its model only for the callbacks that read it.
+    reads_model = False
+
     def __init__(self, directory: str | Path, every: int, keep_last_k: int, *,
                  run_dir: str | Path | None = None, background: bool = True,
-                 serialize_in_background: bool = False) -> None:
+                 serialize_in_background: bool = False, pack_interval_s: float = 0.0) -> None:
         self.directory = Path(run_dir) / directory if run_dir is not None else Path(directory)
         self.every = every
         self.keep_last_k = keep_last_k
         self.background = background
+        if isinstance(pack_interval_s, bool) or not isinstance(pack_interval_s, (int, float)) \
+                or not pack_interval_s >= 0:
+            raise ConfigError("callbacks.checkpoint.pack_interval_s", pack_interval_s,
+                              "a number of seconds >= 0 (0: a pack member writes last.pt at every due epoch, "
+                              "as a lone run)")
+        self.pack_interval_s = float(pack_interval_s)
+        # Set by the pack that trains this member (see `join_pack`).
+        self._sync: Callable[[], None] | None = None
+        self._best_model: Callable[[], dict[str, torch.Tensor]] | None = None
+        self._write_requested = False
+        self._best_on_disk: int | None = None  # the epoch best.pt holds, as far as this run knows
         # Also pickle on the writer thread (a copy of the state is made here instead): measured
         # by benchmarks/overhead.py --checkpoints against the default, pickling here.
         self.serialize_in_background = serialize_in_background
@@ -288,31 +330,81 @@ class Checkpoint(Callback):
                if getattr(trainer, "rank_rng_states", None) else {}),
         }
 
+    # ------------------------------------------------------------------ in a pack
+    def join_pack(self, sync: Callable[[], None],
+                  best_model: Callable[[], dict[str, torch.Tensor]] | None = None) -> None:
+        """Called by the pack that trains this member: `sync()` puts the member's current state
+        (its row of the pack) into its model and optimizer, and runs before each write; with
+        `best_model` (a pack holding the member, see the class docstring; only for
+        `pack_interval_s` > 0) the pack schedules the writes, and `best_model()` returns the
+        member's weights of its best epoch so far (a model state dict)."""
+        self._sync = sync
+        self._best_model = best_model
+
+    @property
+    def held(self) -> bool:
+        return self._best_model is not None
+
+    def request_write(self) -> None:
+        """The pack asks for last.pt at this member's next due epoch."""
+        self._write_requested = True
+
+    def writes(self, trainer) -> bool:
+        """Whether `on_epoch_end` writes at `trainer`'s epoch, whose end state is final."""
+        final = trainer.should_stop or trainer.epoch == trainer.epochs
+        due = trainer.epoch % self.every == 0
+        if self.held:
+            return final or (due and (self._write_requested or self.keep_last_k > 0))
+        return due or final or trainer.improved
+
+    # ------------------------------------------------------------------ writing
     def on_epoch_end(self, trainer, metrics: dict[str, float]) -> None:
-        due = trainer.epoch % self.every == 0 or trainer.should_stop or trainer.epoch == trainer.epochs
-        if not (due or trainer.improved):
+        if not self.writes(trainer):
             return
-        improved, epoch = trainer.improved, trainer.epoch
+        due = trainer.epoch % self.every == 0 or trainer.should_stop or trainer.epoch == trainer.epochs
+        epoch = trainer.epoch
+        improved = trainer.improved
+        if self._sync is not None:
+            self._sync()
+        state = self.state(trainer, metrics)
+        best = None
+        if self.held:
+            self._write_requested = False
+            if trainer.best_epoch is not None and trainer.best_epoch != epoch:
+                # best.pt cannot be a link to this last.pt: its weights come from the pack
+                state["best_model"] = self._best_model()
+                if self._best_on_disk != trainer.best_epoch:
+                    best = best_checkpoint(state, trainer.history)
+        if improved:
+            self._best_on_disk = epoch
+        elif best is not None:
+            self._best_on_disk = trainer.best_epoch
         if not self.background:
-            self._write(self.state(trainer, metrics), improved, due, epoch)
+            self._write(state, improved, due, epoch, best=best)
             return
         # On the training thread: serialize the state to memory (a copy training cannot change)
         # and count the write's test-only fault point; writing and fsyncing go to the writer.
         # Serializing is pickling, which holds the GIL: on a second thread it slowed training
         # down more than it saved (benchmarks/README.md, checkpoints); the file write and the
         # fsync, the larger part, release it.
-        state = self.state(trainer, metrics)
-        state = _copied(state) if self.serialize_in_background else serialize(state)
+        if self.serialize_in_background:
+            state, best = _copied(state), _copied(best)
+        else:
+            state, best = serialize(state), serialize(best) if best is not None else None
         plan = faults.checkpoint_write_plan()
-        WRITER.submit(self._key, lambda: self._write(state, improved, due, epoch, plan), plan)
+        WRITER.submit(self._key, lambda: self._write(state, improved, due, epoch, plan, best), plan)
 
     def _write(self, state: dict[str, Any], improved: bool, due: bool, epoch: int,
-               plan: Any = _UNPLANNED) -> None:
+               plan: Any = _UNPLANNED, best: Any = None) -> None:
         # last.pt first, then best.pt as a link to it: best.pt is never ahead of last.pt, so a
         # resume from last.pt never finds a best.pt from epochs it is about to train again.
+        # (A held member's best.pt of an earlier epoch is written after last.pt, which holds
+        # its weights too: `restore` rewrites it if a kill came between the two.)
         atomic_save(state, self.last_path, plan)
         if improved:
             atomic_link(self.last_path, self.best_path)
+        elif best is not None:
+            atomic_save(best, self.best_path)
         if self.keep_last_k and due:
             atomic_link(self.last_path, self.directory / f"epoch-{epoch:04d}.pt")
             for _, old in self.snapshots()[: -self.keep_last_k]:
@@ -399,6 +491,10 @@ class Checkpoint(Callback):
 
         if main and trainer.best_epoch is not None and trainer.best_epoch == trainer.epoch:
             atomic_link(self.last_path, self.best_path)  # killed before the link was made
+        elif main and state.get("best_model") is not None and _epoch_of(self.best_path) != trainer.best_epoch:
+            # a pack member killed between its last.pt and its best.pt of an earlier epoch
+            atomic_save(best_checkpoint(state, trainer.history), self.best_path)
+        self._best_on_disk = trainer.best_epoch
         for epoch, path in self.snapshots() if main else ():
             if epoch > trainer.epoch:
                 path.unlink()

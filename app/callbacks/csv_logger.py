@@ -18,6 +18,8 @@ class CSVLogger(Callback):
     drops the rows its interrupted attempt wrote after the checkpoint it continues from, and
     restores any it did not get to write."""
 
+    reads_model = False  # (Callback.reads_model)
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.columns: list[str] = []

@@ -15,6 +15,8 @@ class EarlyStopping(Callback):
     Options and their defaults: conf/callbacks/early_stopping.yaml.
     """
 
+    reads_model = False  # (Callback.reads_model)
+
     def __init__(self, monitor: str, mode: str, patience: int, min_delta: float) -> None:
         if mode == "auto":  # follows the monitor, as trainer.mode=auto does
             from app.config import monitor_mode

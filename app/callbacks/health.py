@@ -29,6 +29,8 @@ class HealthMonitor(Callback):
     conf/callbacks/health.yaml.
     """
 
+    reads_model = False  # (Callback.reads_model)
+
     def __init__(self, max_grad_norm: float, min_grad_norm: float, vanishing_epochs: int,
                  overfit_patience: int, max_val_train_ratio: float | None) -> None:
         if not max_grad_norm > 0:

@@ -39,6 +39,8 @@ class Logger(Callback):
     opened (a half-started logger included); what it raises is only logged at debug level.
     """
 
+    reads_model = False  # (Callback.reads_model)
+
     def __init__(self, *, dir: str | Path | None = None, name: str | None = None,
                  group: str | None = None) -> None:
         self.dir = Path(dir) if dir is not None else None

@@ -25,6 +25,8 @@ class ProgressLogger(Callback):
     on `stream` (stderr) with `progress_bar` when it is a terminal. Options and their defaults:
     conf/callbacks/progress.yaml."""
 
+    reads_model = False  # (Callback.reads_model)
+
     def __init__(self, log_every: int, progress_bar: bool, stream=None) -> None:
         self.log_every = log_every
         self.stream = stream or sys.stderr

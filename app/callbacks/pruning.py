@@ -17,6 +17,8 @@ class Pruning(Callback):
     same epoch already see that the run is stopping.
     """
 
+    reads_model = False  # (Callback.reads_model)
+
     def __init__(self, should_prune: Callable[[int, float], bool], monitor: str = "val_loss",
                  pruner_name: str = "the pruner") -> None:
         self.should_prune, self.monitor, self.pruner_name = should_prune, monitor, pruner_name

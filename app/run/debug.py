@@ -73,6 +73,8 @@ def callbacks(cfg: DictConfig) -> list[Callback]:
 class OverfitStop(Callback):
     """Stops the run once train_loss is at most `target_ratio` x the first epoch's train_loss."""
 
+    reads_model = False  # (Callback.reads_model)
+
     def __init__(self, target_ratio: float) -> None:
         self.target_ratio = target_ratio
         self.first: float | None = None

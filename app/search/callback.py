@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 class SweepSummary(Callback):
     """Hydra callback keeping `sweep_summary.csv` up to date (see module docstring)."""
 
+    reads_model = False  # (Callback.reads_model)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
 

@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from app.callbacks.base import improves
+from app.callbacks.checkpoint import load_checkpoint
 from app.train import acceleration
 from app.train.stacked_optim import StackedOptimizer, unsupported
 from app.train.trainer import FitResult
@@ -146,6 +147,17 @@ class PackedTrainer:
         self.use_graphs, why_not = acceleration.cuda_graph_decision(cuda_graph, self.device)
         self.graph_required = cuda_graph is True
         self.graphed: acceleration.GraphedStep | None = None
+        # Checkpoints: a member's Checkpoint callback syncs its row into its model before each
+        # write; with `pack_interval_s` > 0 the pack holds the member (its writes at most every
+        # that many seconds, all members at one epoch; its best weights kept here meanwhile).
+        self.checkpoints = [getattr(run, "checkpoint", None) for run in self.runs]
+        intervals = [c.pack_interval_s for c in self.checkpoints if c is not None and c.pack_interval_s > 0]
+        self.write_interval = min(intervals) if intervals else None
+        self.best_flat: Tensor | None = None
+        self.best_buffers: dict[str, Tensor] = {}
+        # Other callbacks read a member's model at its epoch end unless they say they do not.
+        self.reads_model = [any(getattr(cb, "reads_model", True) for cb in run.trainer.callbacks
+                                if cb is not self.checkpoints[i]) for i, run in enumerate(self.runs)]
 
     # ------------------------------------------------------------------ pack <-> members
     def _stack(self) -> None:
@@ -159,7 +171,50 @@ class PackedTrainer:
                         for name in self.buffer_names}
         self.optimizer = StackedOptimizer([self.runs[i].optimizer for i in self.rows],
                                           [list(m.parameters()) for m in models], self.flat)
+        for i in self.rows:
+            checkpoint = self.checkpoints[i]
+            if checkpoint is not None:
+                held = self.write_interval is not None and checkpoint.pack_interval_s > 0
+                checkpoint.join_pack(lambda i=i: self._write_member(self.rows.index(i)),
+                                     (lambda i=i: self._best_state(self.rows.index(i))) if held else None)
+        if any(c is not None and c.held for c in self.checkpoints):
+            self._stack_best(models)
         self._new_layout()
+
+    def _stack_best(self, models: list[torch.nn.Module]) -> None:
+        """The members' best weights so far, stacked as the pack's parameters: a member's
+        current weights, or those of its best.pt when it resumes after its best epoch."""
+        rows = []
+        for i, model in zip(self.rows, models):
+            trainer, checkpoint = self.runs[i].trainer, self.checkpoints[i]
+            weights = {n: t.detach() for n, t in model.state_dict().items()}
+            if (trainer.best_epoch is not None and trainer.best_epoch != trainer.epoch
+                    and checkpoint is not None and checkpoint.best_path.exists()):
+                weights = load_checkpoint(checkpoint.best_path)["model"]
+            rows.append(weights)
+        with torch.no_grad():
+            self.best_flat = torch.stack([torch.cat([w[p.name].reshape(-1) for p in self.layout])
+                                          for w in rows]).to(self.device)
+            self.best_buffers = {n: torch.stack([w[n] if n in w else dict(m.named_buffers())[n]
+                                                 for w, m in zip(rows, models)]).to(self.device)
+                                 for n in self.buffer_names}
+
+    def _best_state(self, row: int) -> dict[str, Tensor]:
+        """Row `row`'s best weights as its model's state dict (views of the pack's tensors)."""
+        state = {p.name: self.best_flat[row, p.start:p.end].view(p.shape) for p in self.layout}
+        state.update({n: b[row] for n, b in self.best_buffers.items()})
+        keys = self.template.state_dict().keys()  # (persistent buffers only, in the model's order)
+        return {key: state[key] for key in keys}
+
+    def _keep_best(self, rows: list[int]) -> None:
+        """Rows `rows` reached a new best this epoch: their weights become their best ones."""
+        if self.best_flat is None or not rows:
+            return
+        index = torch.tensor(rows, device=self.device)
+        with torch.no_grad():
+            self.best_flat.index_copy_(0, index, self.flat.detach().index_select(0, index))
+            for name, buffer in self.best_buffers.items():
+                buffer.index_copy_(0, index, self.buffers[name].index_select(0, index))
 
     def _new_layout(self) -> None:
         """After stacking or compacting (new tensors, a new row count): the step's graphs are
@@ -186,6 +241,9 @@ class PackedTrainer:
         with torch.no_grad():
             self.flat = self.flat.detach().index_select(0, index).requires_grad_(True)
             self.buffers = {n: b.index_select(0, index) for n, b in self.buffers.items()}
+            if self.best_flat is not None:
+                self.best_flat = self.best_flat.index_select(0, index)
+                self.best_buffers = {n: b.index_select(0, index) for n, b in self.best_buffers.items()}
         self.optimizer.keep(keep)
         self.rows = [self.rows[row] for row in keep]
         self._new_layout()
@@ -227,6 +285,7 @@ class PackedTrainer:
         if not self.rows:
             return
         self._stack()
+        self._last_write = time.monotonic()
         while self.rows:
             self._epoch()
             stopped = sum(self.finished[i] for i in self.rows)
@@ -255,6 +314,7 @@ class PackedTrainer:
         seconds = self.clock.seconds()
         # Once for the pack (torch.cuda.memory_stats is not cheap, and the pack shares the device).
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+        ended = []
         for row in active:
             run = self.runs[self.rows[row]]
             trainer = run.trainer
@@ -266,10 +326,22 @@ class PackedTrainer:
                 metrics.update({name: v / val_samples for name, v in zip(names, values[row][3:])})
             metrics.update(self._health(trainer, values[row], measured[row], num_samples, seconds, peak))
             metrics["epoch_time"] = time.perf_counter() - started
-            self._write_member(row)
-            _end_epoch(trainer, metrics)
-            if _done(trainer):
-                self._finish(self.rows[row])
+            _record_epoch(trainer, metrics)
+            ended.append((row, metrics))
+        self._keep_best([row for row, _ in ended if trainers[row].improved])
+        if self.write_interval is not None and time.monotonic() - self._last_write >= self.write_interval:
+            self._last_write = time.monotonic()  # every held member writes at its next due epoch
+            for row in active:
+                checkpoint = self.checkpoints[self.rows[row]]
+                if checkpoint is not None and checkpoint.held:
+                    checkpoint.request_write()
+        for row, metrics in ended:
+            i = self.rows[row]
+            if self.reads_model[i]:
+                self._write_member(row)
+            _emit(self.runs[i].trainer, "on_epoch_end", metrics)
+            if _done(self.runs[i].trainer):
+                self._finish(i)
 
     def _train_epoch(self, active: list[int]) -> tuple[Tensor, Tensor, Tensor, list[int], int]:
         """One pass of every active member over its own batches. Returns the per-row sums of
@@ -426,6 +498,8 @@ class PackedTrainer:
 
     def _finish(self, i: int) -> None:
         trainer = self.runs[i].trainer
+        if i in self.rows and getattr(self, "flat", None) is not None:
+            self._write_member(self.rows.index(i))  # the member's model and optimizer: its final state
         self.finished[i] = True
         self.results[i] = result = FitResult(
             monitor=trainer.monitor, mode=trainer.mode, best=trainer.best, best_epoch=trainer.best_epoch,
@@ -445,11 +519,11 @@ def _done(trainer: Any) -> bool:
     return trainer.should_stop or trainer.epoch >= trainer.epochs
 
 
-def _end_epoch(trainer: Any, metrics: dict[str, float]) -> None:
-    """What `Trainer.fit` does once an epoch's metrics are read, for a member's `trainer`: the
-    monitored value's best and last, the divergence check, the history, the epoch-interval
-    scheduler step (before the callbacks, so a checkpoint holds the next epoch's schedule), and
-    the callbacks' on_epoch_end."""
+def _record_epoch(trainer: Any, metrics: dict[str, float]) -> None:
+    """What `Trainer.fit` does once an epoch's metrics are read, for a member's `trainer`, before
+    its callbacks' on_epoch_end: the monitored value's best and last, the divergence check, the
+    history, the epoch-interval scheduler step (before the callbacks, so a checkpoint holds the
+    next epoch's schedule)."""
     epoch = int(metrics["epoch"])
     trainer.epoch = epoch
     trainer.improved = False
@@ -470,7 +544,6 @@ def _end_epoch(trainer: Any, metrics: dict[str, float]) -> None:
     if not trainer.should_stop and scheduler is not None and trainer.scheduler_interval == "epoch":
         with _scheduling():
             _step_scheduler(scheduler, value)
-    _emit(trainer, "on_epoch_end", metrics)
 
 
 def _step_scheduler(scheduler: Any, value: float | None) -> None:
