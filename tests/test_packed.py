@@ -275,6 +275,25 @@ def test_a_bad_pack_interval_is_refused(compose_cfg, tmp_path):
             _runs(compose_cfg, tmp_path, [1], f"callbacks.checkpoint.pack_interval_s={value}")
 
 
+def test_a_shared_split_is_batched_in_one_indexing_as_each_member_would_batch_it(compose_cfg, tmp_path):
+    # trials of one search share their data: the pack indexes it once per step; the batches are
+    # the members' own (their orders, their generators), a stopped row gets the first active one's
+    overrides = ["data.n_samples=300"]
+    shared = _runs(compose_cfg, tmp_path, [1, 2, 3], *overrides)
+    apart = _runs(compose_cfg, tmp_path, [1, 2, 3], *overrides, name="apart")
+    one, other = PackedTrainer(shared), PackedTrainer(apart)
+    other.shared = None  # each member's own iterator, stacked
+    assert one.shared is not None
+    for epoch in range(2):
+        ours, theirs = list(one._batches([0, 2])), list(other._batches([0, 2]))
+        assert len(ours) == len(theirs) == len(shared[0].train)
+        for (x, y), (x2, y2) in zip(ours, theirs):
+            assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(x[1], x[0])
+        assert not torch.equal(ours[0][0][0], ours[0][0][2])  # the members' orders differ
+    for a, b in zip(shared, apart):  # the generators advanced alike (checkpoints hold them)
+        assert torch.equal(a.train.state_dict()["generator"], b.train.state_dict()["generator"])
+
+
 def test_a_member_that_stops_is_frozen_and_the_pack_compacts(compose_cfg, tmp_path):
     seeds = [1, 2, 3, 4]
     overrides = ["trainer.epochs=4", "~callbacks.early_stopping"]

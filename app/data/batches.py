@@ -99,10 +99,9 @@ class TensorBatches:
                 yield self._transfer(self._x[start:end], self._y[start:end])
             return
 
-        perm = torch.randperm(self._n, generator=self._generator)
         # One small copy per epoch, then indexing stays local; non_blocking: without it a
         # copy from pageable memory waits for the device (a host sync per epoch).
-        perm = perm.to(self._x.device, non_blocking=True)
+        perm = self.next_order().to(self._x.device, non_blocking=True)
         for start in range(0, stop, self.batch_size):
             start, end = self._part(start, min(start + self.batch_size, stop))
             idx = perm[start:end]
@@ -111,6 +110,22 @@ class TensorBatches:
                 # index_select returns pageable memory; a pinned copy keeps the upload async.
                 xb, yb = xb.pin_memory(), yb.pin_memory()
             yield self._transfer(xb, yb)
+
+    def next_order(self) -> Tensor:
+        """The next epoch's sample order (a CPU permutation), drawn as iterating draws it: the
+        shuffle generator advances the same way. For callers that batch the data themselves
+        (packs index every member's batch of one shared split in one operation)."""
+        return torch.randperm(self._n, generator=self._generator)
+
+    @property
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """The split's (x, y) where batches are cut from (on the device with on_device)."""
+        return self._x, self._y
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """[start, end) of each batch of an epoch, in order (one process)."""
+        stop = self.num_samples
+        return [(start, min(start + self.batch_size, stop)) for start in range(0, stop, self.batch_size)]
 
     def _part(self, start: int, end: int) -> tuple[int, int]:
         """This rank's part of the global batch [start, end)."""

@@ -32,7 +32,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -40,6 +40,7 @@ from torch.func import functional_call, vmap
 
 from app.callbacks.base import improves
 from app.callbacks.checkpoint import load_checkpoint
+from app.data.batches import TensorBatches
 from app.train import acceleration
 from app.train.stacked_optim import StackedOptimizer, unsupported
 from app.train.trainer import FitResult
@@ -147,6 +148,7 @@ class PackedTrainer:
         self.use_graphs, why_not = acceleration.cuda_graph_decision(cuda_graph, self.device)
         self.graph_required = cuda_graph is True
         self.graphed: acceleration.GraphedStep | None = None
+        self._share_data()
         # Checkpoints: a member's Checkpoint callback syncs its row into its model before each
         # write; with `pack_interval_s` > 0 the pack holds the member (its writes at most every
         # that many seconds, all members at one epoch; its best weights kept here meanwhile).
@@ -361,15 +363,11 @@ class PackedTrainer:
         every = trainers[active[0]].grad_norm_every
         stepping = [row for row in active if runs[row].scheduler is not None
                     and trainers[row].scheduler_interval == "step"]
-        iterators = [iter(runs[row].train) for row in active]
+        batches = self._batches(active)
         forward = vmap(self._forward, in_dims=(0, 0, 0), randomness="different")
         clips = (clip.squeeze(1) > 0).to(clip.dtype)
         steps, measured = 0, [0] * rows
-        for batches in zip(*iterators):
-            by_row = dict(zip(active, batches))
-            filler = batches[0]
-            x = torch.stack([by_row.get(row, filler)[0] for row in range(rows)])
-            y = torch.stack([by_row.get(row, filler)[1] for row in range(rows)])
+        for x, y in batches:
             losses = vmap(self.task.loss)(forward(self._params(), self.buffers, x), y)
             self.flat.grad = None
             losses.sum().backward()
@@ -397,6 +395,53 @@ class PackedTrainer:
                     runs[row].scheduler.step()
         self.flat.grad = None
         return loss_sums, norm_sum, norm_max, measured, steps
+
+    def _batches(self, active: list[int]) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of stacked batches (x [rows, batch, ...], y [rows, batch, ...]): row r
+        holds its member's own batch, a row that does not step the first active member's.
+
+        When the members cut their batches from one shared split (`self.shared`: equal
+        tensors, see `_share_data`), each step is one indexing of that split with every row's
+        positions (the members' own orders, drawn from their own generators as their iterators
+        would draw them), not an index per member and a stack."""
+        rows = len(self.rows)
+        batches = [self.runs[self.rows[row]].train for row in active]
+        if self.shared is None:
+            filler = active[0]
+            for step in zip(*batches):
+                by_row = dict(zip(active, step))
+                yield (torch.stack([by_row.get(row, by_row[filler])[0] for row in range(rows)]),
+                       torch.stack([by_row.get(row, by_row[filler])[1] for row in range(rows)]))
+            return
+        x, y = self.shared
+        bounds = batches[0].bounds()
+        if not batches[0].shuffle:
+            for start, end in bounds:
+                yield x[start:end].expand(rows, *x[start:end].shape), y[start:end].expand(rows, *y[start:end].shape)
+            return
+        orders = dict(zip(active, (b.next_order() for b in batches)))
+        order = torch.stack([orders.get(row, orders[active[0]]) for row in range(rows)])
+        order = order.to(x.device, non_blocking=True)  # one copy per epoch (see TensorBatches)
+        for start, end in bounds:
+            index = order[:, start:end]
+            yield x[index], y[index]
+
+    def _share_data(self) -> None:
+        """`self.shared`: the members' one training split (x, y), when every member batches
+        the same tensors the same way (TensorBatches on the device, one process); else None."""
+        self.shared = None
+        batches = [run.train for run in self.runs]
+        first = batches[0]
+        if not all(type(b) is TensorBatches and b.on_device and b.world_size == 1 for b in batches):
+            return
+        if any((b.batch_size, b.shuffle, b.drop_last, b.num_samples) !=
+               (first.batch_size, first.shuffle, first.drop_last, first.num_samples) for b in batches):
+            return
+        x, y = first.tensors
+        if all(b.tensors[0] is x and b.tensors[1] is y or
+               (b.tensors[0].shape == x.shape and b.tensors[1].shape == y.shape
+                and torch.equal(b.tensors[0], x) and torch.equal(b.tensors[1], y)) for b in batches):
+            self.shared = (x, y)
 
     # ------------------------------------------------------------------ CUDA graphs
     def _graph_epoch(self, active: list[int]) -> tuple[Tensor, Tensor, Tensor, list[int], int]:
@@ -430,13 +475,9 @@ class PackedTrainer:
             g[name].zero_()
         stepping = [row for row in active if runs[row].scheduler is not None
                     and trainers[row].scheduler_interval == "step"]
-        iterators = [iter(runs[row].train) for row in active]
+        batches = self._batches(active)
         steps = 0
-        for batches in zip(*iterators):
-            by_row = dict(zip(active, batches))
-            filler = batches[0]
-            x = torch.stack([by_row.get(row, filler)[0] for row in range(rows)])
-            y = torch.stack([by_row.get(row, filler)[1] for row in range(rows)])
+        for x, y in batches:
             self.optimizer.hyperparameters()  # the members' current settings, in place
             self.graphed.step(x, y, 1, True, True)
             self.optimizer.count(active)
