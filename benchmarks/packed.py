@@ -47,6 +47,7 @@ from app.train.packed import PackedTrainer, unpackable  # noqa: E402
 
 TARGETS = {"cpu": 2.0, "cuda": 10.0}
 GRAPHS: dict[str, tuple[bool, int]] = {}  # variant -> (CUDA graphs replayed, captures of its last fit)
+BUILDING = [0.0]  # seconds the current sample spent composing configs and building runs
 
 
 def trial_overrides(trials: int, epochs: int, n_samples: int, device: str, seed: int = 0) -> list[list[str]]:
@@ -61,10 +62,12 @@ def trial_overrides(trials: int, epochs: int, n_samples: int, device: str, seed:
 def build(overrides: list[list[str]], root: Path) -> list:
     """Each trial built as the app builds a run, in its own run dir under `root`."""
     runs = []
+    started = time.perf_counter()
     for i, args in enumerate(overrides):
         with initialize_config_dir(config_dir=str(ROOT / "conf")):
             cfg = compose("config", overrides=args)
         runs.append(build_run(cfg, root / f"trial_{i}", run_name=f"trial_{i}"))
+    BUILDING[0] += time.perf_counter() - started
     return runs
 
 
@@ -169,11 +172,15 @@ def main() -> None:
     overrides = trial_overrides(args.trials, args.epochs, n_samples, device.type)
     size = args.pack or args.trials
     bests: dict[str, list[float]] = {"one at a time": [], "packed": []}
+    building: dict[str, list[float]] = {"one at a time": [], "packed": []}
 
     def run(name, fn):
         def sample() -> float:
             bests[name].clear()
-            return timed(lambda: fn(overrides, bests[name]), device)
+            BUILDING[0] = 0.0
+            seconds = timed(lambda: fn(overrides, bests[name]), device)
+            building[name].append(BUILDING[0])
+            return seconds
         return sample
 
     samples = alternate({
@@ -185,10 +192,10 @@ def main() -> None:
     for name in samples:
         finite = [b for b in bests[name] if b is not None and math.isfinite(b)]
         rows.append([name, args.trials, args.epochs, size if name == "packed" else 1,
-                     median(samples[name]), median(rates[name]), spread(rates[name]),
+                     median(samples[name]), median(building[name]), median(rates[name]), spread(rates[name]),
                      min(finite) if finite else float("nan")])
-    table(["variant", "trials", "epochs", "pack", "seconds (median)", "trials/min", "spread (IQR)",
-           "best val_loss"], rows)
+    table(["variant", "trials", "epochs", "pack", "seconds (median)", "of which composing + building (s)",
+           "trials/min", "spread (IQR)", "best val_loss"], rows)
     for name, (on, captures) in GRAPHS.items():
         print(f"{name}: CUDA graphs {'on' if on else 'off'} ({captures} captures in its last fit)")
     ratio = median(rates["packed"]) / median(rates["one at a time"])

@@ -155,6 +155,7 @@ class PackedTrainer:
         self.checkpoints = [getattr(run, "checkpoint", None) for run in self.runs]
         intervals = [c.pack_interval_s for c in self.checkpoints if c is not None and c.pack_interval_s > 0]
         self.write_interval = min(intervals) if intervals else None
+        self._synced: dict[int, int] = {}  # member -> the optimizer step its model holds
         self.best_flat: Tensor | None = None
         self.best_buffers: dict[str, Tensor] = {}
         # Other callbacks read a member's model at its epoch end unless they say they do not.
@@ -228,7 +229,10 @@ class PackedTrainer:
 
     def _write_member(self, row: int) -> None:
         """Copy row `row` of the pack into its member's model and optimizer (for its callbacks:
-        checkpoints save them)."""
+        checkpoints save them), once per step of the pack."""
+        if self._synced.get(self.rows[row]) == self.optimizer.steps[row]:
+            return  # already holds this state
+        self._synced[self.rows[row]] = self.optimizer.steps[row]
         model = self.runs[self.rows[row]].model
         with torch.no_grad():
             for part, param in zip(self.layout, model.parameters()):
