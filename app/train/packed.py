@@ -481,14 +481,17 @@ class PackedTrainer:
                     and trainers[row].scheduler_interval == "step"]
         batches = self._batches(active)
         steps = 0
+        # The members' current settings, in place: they change only when a scheduler steps.
+        self.optimizer.hyperparameters()
         for x, y in batches:
-            self.optimizer.hyperparameters()  # the members' current settings, in place
             self.graphed.step(x, y, 1, True, True)
             self.optimizer.count(active)
             steps += 1
-            with _scheduling():
-                for row in stepping:
-                    runs[row].scheduler.step()
+            if stepping:
+                with _scheduling():
+                    for row in stepping:
+                        runs[row].scheduler.step()
+                self.optimizer.hyperparameters()
         measured = [steps if self._tracking else 0] * rows  # every step, replayed or not
         return g["loss_sums"], g["norm_sum"], g["norm_max"], measured, steps
 
