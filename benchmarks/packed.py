@@ -43,11 +43,16 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from app.config import register_configs  # noqa: E402
 from app.run.build import build_run  # noqa: E402
+from app.search.configs import TrialConfigs  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
 from app.train.packed import PackedTrainer, unpackable  # noqa: E402
 
 TARGETS = {"cpu": 2.0, "cuda": 10.0}
 GRAPHS: dict[str, tuple[bool, int]] = {}  # variant -> (CUDA graphs replayed, captures of its last fit)
 BUILDING = [0.0]  # seconds the current sample spent composing configs and building runs
+# Trial configs (set in main, inside Hydra's initialisation): one composer for the whole benchmark,
+# as one sweep has one; `--compose full` composes every trial in full instead.
+CONFIGS: TrialConfigs | None = None
 
 
 def trial_overrides(trials: int, epochs: int, n_samples: int, device: str, seed: int = 0) -> list[list[str]]:
@@ -60,12 +65,15 @@ def trial_overrides(trials: int, epochs: int, n_samples: int, device: str, seed:
 
 
 def build(overrides: list[list[str]], root: Path) -> list:
-    """Each trial built as the app builds a run, in its own run dir under `root`."""
+    """Each trial built as the app builds a run, in its own run dir under `root`: its config
+    composed as a sweep composes its trials (app/search/configs.py: Hydra's composition once,
+    then the trials' values), Hydra's own node left out as Hydra leaves it out of a job's."""
     runs = []
     started = time.perf_counter()
     for i, args in enumerate(overrides):
-        with initialize_config_dir(config_dir=str(ROOT / "conf")):
-            cfg = compose("config", overrides=args)
+        cfg = CONFIGS(args)
+        with open_dict(cfg):
+            del cfg["hydra"]
         runs.append(build_run(cfg, root / f"trial_{i}", run_name=f"trial_{i}"))
     BUILDING[0] += time.perf_counter() - started
     return runs
@@ -148,6 +156,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=64, help="trials of the search")
     p.add_argument("--epochs", type=int, default=100, help="epochs per trial")
     p.add_argument("--pack", type=int, default=None, help="trials per pack (default: all)")
+    p.add_argument("--compose", choices=["trials", "full"], default="trials",
+                   help="row 1: compose trial configs as sweeps do (default), or each in full with Hydra")
     p.add_argument("--rows", default="1,2,3", help="which rows to run (1: in-process packs; 2,3: sweeps)")
     p.add_argument("--sweep-trials", type=int, default=64, help="rows 2-3: trials of each search")
     p.add_argument("--sweep-epochs", type=int, default=100, help="rows 2-3: epochs per trial")
@@ -171,6 +181,13 @@ def main() -> None:
         return
     overrides = trial_overrides(args.trials, args.epochs, n_samples, device.type)
     size = args.pack or args.trials
+    global CONFIGS
+    initialize_config_dir(config_dir=str(ROOT / "conf")).__enter__()  # for the whole process
+    hydra_compose = lambda o: compose("config", overrides=o, return_hydra_config=True)  # noqa: E731
+    if args.compose == "full":
+        CONFIGS = hydra_compose
+    else:
+        CONFIGS = TrialConfigs(hydra_compose, groups=list(hydra_compose([]).hydra.runtime.choices.keys()))
     bests: dict[str, list[float]] = {"one at a time": [], "packed": []}
     building: dict[str, list[float]] = {"one at a time": [], "packed": []}
 

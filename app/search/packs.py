@@ -187,6 +187,7 @@ class Packer:
     waiting: list[_Waiting] = field(default_factory=list)
     packs: dict[Future, list[_Waiting]] = field(default_factory=dict)
     launching: dict[int, list[_Waiting]] = field(default_factory=dict)  # first member's number -> members
+    configs: Any = None  # app.search.configs.TrialConfigs: the members' configs, as their jobs compose them
 
     def held(self) -> list[Any]:
         """Trials this sweep holds beyond the ones its loop tracks: waiting ones and the members
@@ -223,10 +224,15 @@ class Packer:
 
     def _queue(self, trials: list, space: dict, fixed: dict, fixed_overrides: list[str]) -> None:
         sweeper = self.sweeper
-        loader = sweeper.hydra_context.config_loader
+        if self.configs is None:
+            from app.search.configs import TrialConfigs
+
+            loader = sweeper.hydra_context.config_loader
+            self.configs = TrialConfigs(lambda o: loader.load_sweep_config(sweeper.config, o),
+                                        groups=list(sweeper.config.hydra.runtime.choices.keys()))
         for trial, overrides in zip(trials, sweeper._configure_trials(trials, space, fixed, fixed_overrides)):
             overrides = [str(o) for o in overrides]
-            cfg = loader.load_sweep_config(sweeper.config, overrides)
+            cfg = self.configs(overrides)
             with open_dict(cfg):
                 cfg.hydra.job.num = trial.number
                 cfg.hydra.job.id = f"{cfg.hydra.job.name}_{trial.number}"

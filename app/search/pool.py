@@ -265,6 +265,19 @@ def _task_function(context: dict[str, Any]) -> Callable[..., Any]:
     return task
 
 
+def _trial_configs(context: dict[str, Any]) -> Any:
+    """The job configs of this worker's sweep (`load_sweep_config`, reused for trials that differ
+    only in values: app/search/configs.py), made once per worker."""
+    configs = context.get("trial_configs")
+    if configs is None:
+        from app.search.configs import TrialConfigs
+
+        loader, master = context["hydra_context"].config_loader, context["config"]
+        configs = context["trial_configs"] = TrialConfigs(
+            lambda o: loader.load_sweep_config(master, o), groups=list(master.hydra.runtime.choices.keys()))
+    return configs
+
+
 def execute_job(context: dict[str, Any], task: Callable[..., Any], idx: int, overrides: list[str]) -> Any:
     """One Hydra job, as hydra_joblib_launcher's `execute_job` runs it: Hydra's globals and
     Singleton state, the job's sweep config (job id and num from `idx`), then `run_job` into
@@ -276,7 +289,7 @@ def execute_job(context: dict[str, Any], task: Callable[..., Any], idx: int, ove
 
     setup_globals()
     Singleton.set_state(context["singleton_state"])
-    config = context["hydra_context"].config_loader.load_sweep_config(context["config"], list(overrides))
+    config = _trial_configs(context)(list(overrides))
     with open_dict(config):
         config.hydra.job.id = f"{config.hydra.job.name}_{idx}"
         config.hydra.job.num = idx
