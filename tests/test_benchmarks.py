@@ -92,3 +92,12 @@ def test_sklearn_datasets_benchmark_scores_the_app_and_the_baseline_on_the_run_s
     assert "| 178 | 13 | classification | 106/36/36 | test_accuracy |" in row
     [written] = (tmp_path / "results").glob("sklearn_datasets-*.csv")
     assert written.read_text().startswith("dataset,rows,features,task,split,metric,app,sklearn")
+
+
+def test_pack_profile_runs_and_says_where_the_time_went():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_pack.py"), "3", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "build s " in proc.stdout and "fit s " in proc.stdout
+    assert "PackedTrainer" not in proc.stderr and "_epoch" in proc.stdout  # the fit's own functions profiled
