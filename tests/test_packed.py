@@ -219,6 +219,8 @@ def test_a_held_pack_writes_at_the_end_and_keeps_each_members_best_weights(compo
         last = torch.load(member.checkpoint.last_path, weights_only=True)
         assert best["epoch"] == epoch and last["epoch"] == 5 and best["metrics"]["epoch"] == epoch
         assert best["inference"] == theirs["inference"]
+        for tensor in best["model"].values():  # a member's own weights, not a view of the pack's
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
         for name, value in theirs["model"].items():  # the best epoch's weights, not the last's
             torch.testing.assert_close(best["model"][name], value, **EPOCHS)
             assert torch.equal(last["best_model"][name], best["model"][name])

@@ -203,11 +203,12 @@ class PackedTrainer:
                                  for n in self.buffer_names}
 
     def _best_state(self, row: int) -> dict[str, Tensor]:
-        """Row `row`'s best weights as its model's state dict (views of the pack's tensors)."""
+        """Row `row`'s best weights as its model's state dict: copies, since torch.save writes a
+        view's whole storage (here the whole pack's)."""
         state = {p.name: self.best_flat[row, p.start:p.end].view(p.shape) for p in self.layout}
         state.update({n: b[row] for n, b in self.best_buffers.items()})
         keys = self.template.state_dict().keys()  # (persistent buffers only, in the model's order)
-        return {key: state[key] for key in keys}
+        return {key: state[key].clone() for key in keys}
 
     def _keep_best(self, rows: list[int]) -> None:
         """Rows `rows` reached a new best this epoch: their weights become their best ones."""
