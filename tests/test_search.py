@@ -234,8 +234,14 @@ def make_sweeper(tmp_path, n_trials=4, n_jobs=1, params="interval(0, 1)", launch
                  max_failure_rate=0.0, device_type="auto", seed=0, storage=None, max_retries=1,
                  batch_barrier=False, **settings):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    sweep_dir = tmp_path / f"sweep{len(list(tmp_path.glob('sweep*')))}"
-    sweep_dir.mkdir()
+    index = len(list(tmp_path.glob("sweep*")))
+    while True:  # the next free sweep<N>; mkdir claims it, so sweepers made at once (threads) differ
+        sweep_dir = tmp_path / f"sweep{index}"
+        try:
+            sweep_dir.mkdir()
+            break
+        except FileExistsError:
+            index += 1
     sweeper = StudySweeper(
         pruner=optuna.pruners.NopPruner(), sampler=optuna.samplers.RandomSampler(seed=seed),
         direction="minimize", storage=storage, study_name="unit", n_trials=n_trials, n_jobs=n_jobs,

@@ -337,16 +337,25 @@ def run_pack_job(cfg: DictConfig, run_dir: Path, trial: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
 
     from app.config import resolve_mode
+    from app.errors import ConfigError
     from app.run.execute import execute
     from app.run.pack import execute_pack
     from app.run.record import Status, Summary
-    from app.search.study import StudyFile, load_study, open_storage
-    from app.search.trial import Heartbeat, OptunaTrial
+    from app.search.study import StudyFile, load_study
+    from app.search.trial import OptunaTrial, heartbeat_for, interrupted, wait_out
 
     plan = json.loads(pack_file().read_text())["members"]
     hydra_cfg = HydraConfig.get()
     info = StudyFile.read(hydra_cfg.sweep.dir)
-    study = load_study(info.storage, info.study_name, pruner=info.make_pruner(cfg.trusted_modules))
+    pruner = info.make_pruner(cfg.trusted_modules)
+    try:  # a storage that does not answer just now is waited for (wait_out)
+        study = wait_out(lambda: load_study(info.storage, info.study_name, pruner=pruner), info.storage,
+                         "the pack job opened its study")
+        member_trials = [wait_out(lambda m=member: OptunaTrial(study, int(m["trial_id"])), info.storage,
+                                  "the pack job opened its trials") for member in plan]
+    except ConfigError as error:  # it stayed down: the members are run again (interrupted)
+        interrupted(run_dir, error)
+        raise
     if trial is not None:
         trial.close()  # one heartbeat for every member instead
     cfgs, dirs, trials, names, overrides = [], [], [], [], []
@@ -357,7 +366,7 @@ def run_pack_job(cfg: DictConfig, run_dir: Path, trial: Any) -> Any:
             with open_dict(member_cfg):
                 member_cfg.device = copy.deepcopy(cfg.device)
         resolve_mode(member_cfg)
-        member_trial = OptunaTrial(study, int(member["trial_id"]))
+        member_trial = member_trials[i]
         member_trial.set_user_attr("run_dir", str(member_dir))
         member_hydra = OmegaConf.load(member_dir / ".hydra" / "hydra.yaml").hydra if i else hydra_cfg
         cfgs.append(member_cfg)
@@ -367,9 +376,7 @@ def run_pack_job(cfg: DictConfig, run_dir: Path, trial: Any) -> Any:
         overrides.append(list(member["overrides"]))
     heartbeat = None
     if info.heartbeat_interval:
-        storage = open_storage(info.storage, info.heartbeat_interval)
-        ids = [int(m["trial_id"]) for m in plan]
-        heartbeat = Heartbeat(lambda: [storage.record_heartbeat(i) for i in ids], info.heartbeat_interval).start()
+        heartbeat = heartbeat_for(info.storage, info.heartbeat_interval, [int(m["trial_id"]) for m in plan])
     try:
         limit = cuda_pack_limit(cfgs[0], len(cfgs)) if cfg.get("pack", "auto") == "auto" else len(cfgs)
         summaries: list[Summary | None] = [None] * len(cfgs)
@@ -384,6 +391,8 @@ def run_pack_job(cfg: DictConfig, run_dir: Path, trial: Any) -> Any:
     finally:
         if heartbeat is not None:
             heartbeat.stop()
+        for member_trial in member_trials:  # writes the user attributes an outage held back
+            member_trial.close()
     return summaries[0] or Summary(Status.FAILED, monitor=cfg.trainer.monitor)
 
 

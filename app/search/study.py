@@ -32,6 +32,7 @@ STUDY_FILE = "study.json"
 TRIAL_ENV = "APP_OPTUNA_TRIAL_ID"  # set for each job (hydra.job.env_set): the Optuna trial id
 MEMORY_URL = "sqlite:///:memory:"
 SQLITE_TIMEOUT_S = 60.0  # how long a writer waits for another process's lock on the file
+STORAGE_OUTAGE_S = 300.0  # how long a worker, or a starting job, keeps trying a storage that stopped answering
 
 # How each run status (app/run/record.py STATUSES) is told to Optuna. A diverged run is PRUNED, not
 # FAIL: samplers learn from pruned trials (TPE ranks them below every completed trial) but ignore

@@ -68,6 +68,7 @@ from app.search.internals import trial_id
 from app.search import packs
 from app.search.pool import InlineRunner, JobExited, ThreadRunner, WorkerDied, WorkerPool
 from app.search.study import (
+    STORAGE_OUTAGE_S,
     TRIAL_ENV,
     StudyFile,
     absolute_storage,
@@ -91,7 +92,6 @@ SEARCH_ATTR = "app:search"  # study user attribute: the command that started the
 UNCLAIMED_GRACE_S = 60.0  # a RUNNING trial with no owner this old was asked by a process that died
 RETRY_GRACE_S = 60.0  # an interrupted trial failed this long ago with no retry queued: its worker died
 CREATE_ATTEMPTS = 5  # creating a study on a fresh storage: tries (processes racing to make tables)
-STORAGE_OUTAGE_S = 300.0  # how long a worker keeps trying a storage that stopped answering
 
 
 @dataclass

@@ -9,6 +9,14 @@ value per epoch (Optuna keeps one value per step, so later seeds cannot report a
 later seed trains, the pruner is asked about the mean, epoch by epoch, over the seeds trained so
 far (a seed that stopped early keeps its last value), compared as usual with other trials'
 reported curves. So pruning always uses everything known about the trial at that moment.
+
+A storage that stops answering for a while (a database restart, a network cut: `is_transient`)
+does not fail the run. Opening the trial when the job starts is tried again (0.5 s, doubling, at
+most 15 s apart) for up to STORAGE_OUTAGE_S, then the run stops with one paragraph before it trains
+(the sweep runs the trial again). Later, a report or a pruning check that finds it down is logged
+and skipped; a user attribute it refuses (`run_dir`, `epochs`) is kept and written before the next
+report and when the run ends (a warning names any that never were); a heartbeat it refuses is
+missed, and the next one is tried (the sweep process beats for its running trials too).
 """
 from __future__ import annotations
 
@@ -16,13 +24,16 @@ import copy
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterable
+import time
+from typing import Any, Callable, Iterable, TypeVar
 
 from app.search.internals import trial_id
 from app.search.internals import storage as storage_of
-from app.search.study import TRIAL_ENV, StudyFile, load_study, open_storage, trial_state
+from app.search.study import (STORAGE_OUTAGE_S, TRIAL_ENV, StudyFile, display_url, is_transient, load_study,
+                              open_storage, root_cause, trial_state)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class OptunaTrial:
@@ -43,6 +54,8 @@ class OptunaTrial:
         self._prunes = self._reports and not isinstance(study.pruner, optuna.pruners.NopPruner)
         self.curves: list[dict[int, float]] = []  # per seed, in order: epoch -> monitored value
         self.heartbeat: Heartbeat | None = None
+        self._unrecorded: dict[str, Any] = {}  # user attributes the storage did not take yet (an outage)
+        self._warned: set[str] = set()  # ... and already logged as such
 
     def start_heartbeat(self, interval_s: float, storage: Any = None) -> None:
         """Record Optuna heartbeats for this trial every `interval_s` seconds from a daemon thread
@@ -55,17 +68,56 @@ class OptunaTrial:
         self.heartbeat.start()
 
     def close(self) -> None:
-        """The run ended: stop the heartbeat (the sweeper tells the outcome)."""
+        """The run ended: stop the heartbeat (the sweeper tells the outcome) and write the user
+        attributes an outage held back; a warning names those the storage still refuses."""
         if self.heartbeat is not None:
             self.heartbeat.stop()
             self.heartbeat = None
+        import optuna
+
+        why = "the study's storage did not answer"
+        try:
+            self._record_attrs()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            why = "the trial was finished meanwhile (another worker failed it as stale)"
+        if self._unrecorded:
+            log.warning("Trial %d: user attribute%s %s not recorded: %s", self.number,
+                        "s" if len(self._unrecorded) > 1 else "", ", ".join(sorted(self._unrecorded)), why)
 
     @property
     def params(self) -> dict[str, Any]:
         return self.trial.params
 
     def set_user_attr(self, key: str, value: Any) -> None:
-        self.trial.set_user_attr(key, value)
+        """Set a user attribute of the trial; one that a storage which does not answer just now
+        refuses is kept and written before the next report, or when the run ends (close)."""
+        self._unrecorded[key] = value
+        self._record_attrs()
+
+    def _record_attrs(self) -> bool:
+        """Write the user attributes not recorded yet; whether all are (False: the storage did not
+        answer; the rest wait for the next try). Other errors are raised."""
+        for key in list(self._unrecorded):
+            try:
+                self.trial.set_user_attr(key, self._unrecorded[key])
+            except Exception as error:  # noqa: BLE001 - a storage that does not answer just now
+                if not is_transient(error):
+                    raise
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning("Trial %d: user attribute %r not recorded yet, the study's storage did not "
+                                "answer (%s): tried again at the next report", self.number, key, root_cause(error))
+                return False
+            del self._unrecorded[key]
+        return True
+
+    def _storage_down(self, error: BaseException, what: str) -> bool:
+        """For a storage call of `report` that raised `error`: log a transient one (`what` was
+        skipped) and return False (not pruned); raise any other."""
+        if not is_transient(error):
+            raise error
+        log.warning("Trial %d: %s, the study's storage did not answer (%s)", self.number, what, root_cause(error))
+        return False
 
     def start_seed(self, epochs: int) -> None:
         """Call before each seed's training; `epochs`: trainer.epochs (the pruners' horizon)."""
@@ -84,27 +136,27 @@ class OptunaTrial:
         if not self.curves:
             self.curves.append({})
         self.curves[-1][epoch] = value
+        if self._unrecorded:
+            self._record_attrs()
         if not self._reports:
             return False
+        # A storage that does not answer just now: the run goes on (its result is told by the
+        # sweeper, from its run dir); this epoch is missing from the trial's curve, or the pruner
+        # is not asked about it.
         if len(self.curves) == 1:
             try:
                 self.trial.report(value, epoch)
                 return self._prunes and bool(self.trial.should_prune())
-            except Exception as error:  # noqa: BLE001 - a storage that does not answer just now
-                from app.search.study import is_transient, root_cause
-
-                if not is_transient(error):
-                    raise
-                # the run goes on (its result is told by the sweeper, from its run dir); this epoch
-                # is missing from the trial's curve, and the pruner is not asked about it
-                log.warning("Trial %d: epoch %d not reported, the study's storage did not answer (%s)",
-                            self.number, epoch, root_cause(error))
-                return False
+            except Exception as error:  # noqa: BLE001 - see _storage_down
+                return self._storage_down(error, f"epoch {epoch} not reported")
         if not self._prunes:
             return False
-        frozen = copy.copy(self.trial.storage.get_trial(trial_id(self.trial)))
-        frozen.intermediate_values = mean_curve(self.curves)
-        return bool(self.study.pruner.prune(self.study, frozen))
+        try:
+            frozen = copy.copy(self.trial.storage.get_trial(trial_id(self.trial)))
+            frozen.intermediate_values = mean_curve(self.curves)
+            return bool(self.study.pruner.prune(self.study, frozen))
+        except Exception as error:  # noqa: BLE001 - see _storage_down
+            return self._storage_down(error, f"epoch {epoch} of seed {len(self.curves)} not checked for pruning")
 
     def describe(self, status: str) -> dict[str, Any]:
         """The trial as a run's summary records it (and W&B shows it)."""
@@ -172,14 +224,81 @@ def current_trial(trusted_modules: Iterable[str] = ()) -> OptunaTrial | None:
         log.warning("%s is set but %s/study.json is missing: not reporting to Optuna",
                     TRIAL_ENV, hydra_cfg.sweep.dir)
         return None
-    study = load_study(info.storage, info.study_name, pruner=info.make_pruner(trusted_modules))
-    trial = OptunaTrial(study, int(trial_id))
-    trial.set_user_attr("run_dir", str(hydra_cfg.runtime.output_dir))
+    from app.errors import ConfigError
+
+    pruner = info.make_pruner(trusted_modules)
+    run_dir = str(hydra_cfg.runtime.output_dir)
+    try:
+        trial = wait_out(lambda: OptunaTrial(load_study(info.storage, info.study_name, pruner=pruner), int(trial_id)),
+                         info.storage, "the job opened its trial")
+    except ConfigError as error:  # the storage stayed down: the trial is run again (interrupted)
+        interrupted(run_dir, error)
+        raise
+    trial.set_user_attr("run_dir", run_dir)
     if info.heartbeat_interval:
-        trial.start_heartbeat(info.heartbeat_interval, open_storage(info.storage, info.heartbeat_interval))
+        trial.heartbeat = heartbeat_for(info.storage, info.heartbeat_interval, [int(trial_id)])
     if info.parallel_jobs > 1:
         share_cpu_threads(info.parallel_jobs)
     return trial
+
+
+def interrupted(run_dir: Any, error: Any) -> None:
+    """Record in `run_dir` that its run stopped with `error` (a ConfigError: wait_out gave up)
+    before training, as an interrupted run: the sweep runs its trial again. `error.recorded`
+    tells main.train to leave this summary as it is."""
+    from app.run.record import Status, Summary
+
+    Summary(Status.FAILED, error=str(error), interrupted=True).write(run_dir)
+    error.recorded = True
+
+
+def heartbeat_for(url: str, interval_s: int, trial_ids: list[int]) -> Heartbeat:
+    """A started heartbeat for the trials `trial_ids` of the storage at `url`, through a storage of
+    its own (a SQLite storage keeps one connection, which two threads must not use at once), opened
+    by its first beat that finds the storage answering: a storage that is down when the run starts
+    or later only misses beats (the sweep process beats for its running trials too)."""
+    opened: list[Any] = []
+
+    def beat() -> None:
+        if not opened:
+            opened.append(open_storage(url, interval_s))
+        for ident in trial_ids:
+            opened[0].record_heartbeat(ident)
+
+    return Heartbeat(beat, interval_s).start()
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)  # between tries of a storage that did not answer, bounded by wait_out's deadline
+
+
+def wait_out(operation: Callable[[], T], url: str, what: str, outage_s: float | None = None) -> T:
+    """`operation()`, tried again while the storage at `url` does not answer (is_transient): 0.5 s,
+    doubling, at most 15 s apart, for up to `outage_s` (default STORAGE_OUTAGE_S) seconds; then the
+    one-paragraph ConfigError (`what`: what the job was doing, for the messages)."""
+    from app.errors import ConfigError
+
+    limit = STORAGE_OUTAGE_S if outage_s is None else outage_s
+    since, tries = time.monotonic(), 0
+    while True:
+        try:
+            return operation()
+        except Exception as error:  # noqa: BLE001 - only a storage that stopped answering is tried again
+            if not is_transient(error):
+                raise
+            now, cause = time.monotonic(), root_cause(error)
+            if not tries:
+                log.warning("The study's storage %s did not answer when %s (%s): trying again for up to %.0f s",
+                            display_url(url), what, cause, limit)
+            if now - since >= limit:
+                raise ConfigError(
+                    "hydra.sweeper.storage", display_url(url),
+                    "a storage that every worker and job reaches for as long as the sweep runs",
+                    f"It did not answer for {now - since:.0f} s when {what} ({cause}), so this run stops "
+                    "before training. Nothing is lost: the sweep runs the trial again, with the same "
+                    "parameters, once the storage answers") from None
+            _pause(min(15.0, 0.5 * 2 ** tries, max(0.0, since + limit - now)))
+            tries += 1
 
 
 def share_cpu_threads(parallel_jobs: int) -> None:
