@@ -85,8 +85,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float | list[float]:
             distributed.join(cfg)  # a torchrun rank joins its group (a no-op for one process)
             try:
                 summary = run(cfg, run_dir)
-            finally:
+            except BaseException:
                 distributed.leave()
+                raise
+            distributed.leave(together=True)
         if summary.debug is not None and not summary.debug["passed"] and HydraConfig.get().mode != RunMode.MULTIRUN:
             sys.exit(1)  # a debug verdict: FAILED (in a sweep each job's verdict is logged, the sweep goes on)
         return returned(summary)

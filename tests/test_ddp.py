@@ -128,6 +128,7 @@ def _train(rank, world, init_file, out):
     """Rank `rank` of `world` (0 of 1: no group) trains a fixed model; rank 0 saves what it got."""
     import torch.distributed as dist
 
+    from app.run import distributed
     from app.train.tasks import TASKS
     from app.train.trainer import Trainer
 
@@ -148,7 +149,7 @@ def _train(rank, world, init_file, out):
     if rank == 0:
         torch.save({"model": model.state_dict(), "history": trainer.history, "test": test}, out)
     if world > 1:
-        dist.destroy_process_group()
+        distributed.leave(together=True)
 
 
 @pytest.mark.slow

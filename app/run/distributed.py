@@ -186,11 +186,16 @@ def join(cfg: DictConfig) -> None:
         _configure_logging(distributed.rank(), None)
 
 
-def leave() -> None:
-    """Leave the process group (a no-op outside one)."""
+def leave(together: bool = False) -> None:
+    """Leave the process group (a no-op outside one). `together` (the run ended on every rank):
+    wait for the other ranks first, so that none exits while a peer still talks to it (gloo
+    aborts the process at exit when a peer's connection goes away under it). After a failure
+    the ranks leave without waiting: a rank that failed never comes to the barrier."""
     if distributed.active():
         import torch.distributed as dist
 
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -286,6 +291,7 @@ def _worker(payload: tuple) -> Any:
         _configure_logging(rank, HydraConfig.get())
         join(cfg)
         result = run(cfg, Path(run_dir))
+        leave(together=True)
         return result if rank == 0 else None
     except BaseException as error:  # recorded for the launching process, which reports it
         # A full disk, a damaged record, a nondeterministic op: the paragraph one process shows.
