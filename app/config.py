@@ -681,18 +681,18 @@ def validate(cfg: DictConfig, metric_names: list[str] | None = None) -> None:
                    "its default is the WANDB_MODE environment variable when that is set")
 
     if metric_names is not None:
-        for value in objective_names(cfg):
-            _check(value in metric_names, "trainer.monitor", value,
-                   "a metric this task produces: " + ", ".join(metric_names))
-        monitors = [f"callbacks.{name}.monitor" for name, node in _entries(cfg, "callbacks") if "monitor" in node]
-        for key in monitors:
-            value = OmegaConf.select(cfg, key)
-            _check(
-                value in metric_names,
-                key,
-                value,
-                "a metric this task produces: " + ", ".join(metric_names),
-            )
+        check_metrics(cfg, metric_names)
+
+
+def check_metrics(cfg: DictConfig, metric_names: list[str]) -> None:
+    """Refuse a `trainer.monitor` (each objective of a multi-objective one) or a callback's
+    `monitor` that names no metric of `metric_names`, the metrics the run's task produces."""
+    for value in objective_names(cfg):
+        _check(value in metric_names, "trainer.monitor", value,
+               "a metric this task produces: " + ", ".join(metric_names))
+    for key in [f"callbacks.{name}.monitor" for name, node in _entries(cfg, "callbacks") if "monitor" in node]:
+        value = OmegaConf.select(cfg, key)
+        _check(value in metric_names, key, value, "a metric this task produces: " + ", ".join(metric_names))
 
 
 def _validate_debug(cfg: DictConfig) -> None:

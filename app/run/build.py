@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from app import targets
 from app.callbacks import Callback, Checkpoint, CSVLogger
-from app.config import parameters, resolve_mode, validate
+from app.config import check_metrics, parameters, resolve_mode, validate
 from app.data import DataSplits, LimitedBatches, TensorBatches
 from app.errors import ConfigError
 from app.run import debug, faults
@@ -229,7 +229,8 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
     with stage("config"):
         resolve_mode(cfg)  # a no-op when app.main resolved it already
         task_name = task_of(cfg.data, cfg.trusted_modules)
-        validate(cfg, TASKS[task_name].metric_names() if task_name in TASKS else None)
+        known = TASKS[task_name].metric_names() if task_name in TASKS else None
+        validate(cfg, known)
     with stage("device"):
         # In a group: its size; before one (preflight, the launching process): trainer.devices.
         check_devices(cfg, distributed.world_size() if distributed.active() else cfg.trainer.devices)
@@ -241,7 +242,8 @@ def build_run(cfg: DictConfig, run_dir: Path, *, run_name: str = "run", group: s
     with stage("data"):
         data = build_data(cfg)
         task = task_for(data.task, data.target_scaling)  # metrics in the target's units
-        validate(cfg, task.metric_names())  # again, now that the data has said which task it is
+        if task.metric_names() != known:  # the data said which task it is: check the monitors again
+            check_metrics(cfg, task.metric_names())
     with stage("model"):
         model = build_model(cfg, data)
         if distributed.rank() > 0:  # the same initial weights; dropout & co. draw a stream per rank
