@@ -460,3 +460,48 @@ def test_a_job_that_starts_while_the_storage_is_down_waits_for_it_or_stops_in_on
     assert "runs the trial again" in message and "\n" not in message and PASSWORD not in message
     summary = Summary.read(tmp_path / "refused")  # the sweep runs the trial again: an interrupted run
     assert summary.status == "failed" and summary.interrupted and refused.value.recorded
+
+
+def test_a_pack_job_whose_storage_stays_down_marks_every_member_interrupted(own_server, tmp_path, monkeypatch):
+    """A pack job that cannot open its members' trials stops before training, and every member's
+    run dir (not only the job's own) says interrupted: each member is run again."""
+    import json
+
+    from hydra.conf import HydraConf
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    import app.search.trial as job_side
+    from app.errors import ConfigError
+    from app.run.record import Summary
+    from app.search.packs import PACK_ENV, run_pack_job
+
+    url = own_server.create_database("pack_down")
+    sweeper = make_sweeper(tmp_path, n_trials=1, storage=url)
+    sweeper.sweep([])  # its sweep dir's study.json names the study
+    study = optuna.load_study(study_name="unit", storage=open_storage(url))
+    members = [study.ask() for _ in range(3)]
+    dirs = [tmp_path / "pack" / str(m.number) for m in members]
+    for member_dir in dirs:
+        member_dir.mkdir(parents=True)
+    plan = tmp_path / "pack.json"
+    plan.write_text(json.dumps({"members": [
+        {"trial_id": trial_id(m), "number": m.number, "run_dir": str(d), "overrides": [f"x={m.number}"]}
+        for m, d in zip(members, dirs)]}))
+    monkeypatch.setenv(PACK_ENV, str(plan))
+    monkeypatch.setattr(job_side, "STORAGE_OUTAGE_S", 1.0)
+    cfg = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
+    cfg.hydra.sweep.dir, cfg.hydra.runtime.output_dir = sweeper.sweep_dir, str(dirs[0])
+    HydraConfig.instance().set_config(cfg)
+    own_server.pause()
+    try:
+        with pytest.raises(ConfigError) as refused:
+            run_pack_job(OmegaConf.create({"trusted_modules": []}), dirs[0], None)
+    finally:
+        HydraConfig.instance().cfg = None
+        own_server.resume()
+    assert "did not answer for" in str(refused.value) and refused.value.recorded
+    for member_dir in dirs:
+        summary = Summary.read(member_dir)
+        assert summary is not None and summary.status == "failed" and summary.interrupted, member_dir
+    assert all(storage_of(study).get_trial(trial_id(m)).state == TrialState.RUNNING for m in members)

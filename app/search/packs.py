@@ -353,8 +353,9 @@ def run_pack_job(cfg: DictConfig, run_dir: Path, trial: Any) -> Any:
                          "the pack job opened its study")
         member_trials = [wait_out(lambda m=member: OptunaTrial(study, int(m["trial_id"])), info.storage,
                                   "the pack job opened its trials") for member in plan]
-    except ConfigError as error:  # it stayed down: the members are run again (interrupted)
-        interrupted(run_dir, error)
+    except ConfigError as error:  # it stayed down: every member is run again (interrupted)
+        for member_dir in dict.fromkeys([str(run_dir), *(str(member["run_dir"]) for member in plan)]):
+            interrupted(member_dir, error)
         raise
     if trial is not None:
         trial.close()  # one heartbeat for every member instead
