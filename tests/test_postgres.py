@@ -175,14 +175,14 @@ def test_a_storage_that_stops_answering_for_a_while_is_waited_for_and_nothing_is
     url = own_server.create_database("outage")
     sweeper = make_sweeper(tmp_path, n_trials=3, storage=url)
     _storage_down_at_second_trial(sweeper, own_server)
-    outage = sweeper._outage
+    pause = sweeper._pause
 
-    def back_after_the_first_failure(*args):  # the worker saw the failure: the server comes back
+    def back_after_the_first_failure(seconds):  # the worker saw the failure: the server comes back
         if not own_server.started:
             own_server.resume()
-        return outage(*args)
+        pause(seconds)
 
-    sweeper._outage = back_after_the_first_failure
+    sweeper._pause = back_after_the_first_failure
     with caplog.at_level(logging.WARNING, logger="app.search.sweeper"):
         sweeper.sweep([])
     trials = optuna.load_study(study_name="unit", storage=url).trials

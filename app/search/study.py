@@ -23,10 +23,13 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
+
+T = TypeVar("T")
 
 STUDY_FILE = "study.json"
 TRIAL_ENV = "APP_OPTUNA_TRIAL_ID"  # set for each job (hydra.job.env_set): the Optuna trial id
@@ -235,6 +238,58 @@ def root_cause(error: BaseException) -> str:
     cause = getattr(cause, "orig", None) or cause
     lines = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+class StorageOutage:
+    """One spell of a storage that does not answer, as a sweep worker or a job waits it out.
+
+    `wait(error, what)` is called after each failed try (`what`: what the caller was doing, e.g.
+    "the job opened its trial"): the first time it logs a warning; then it pauses before the next try
+    (0.5 s, doubling, at most 15 s apart, never past the deadline); once the storage has not answered
+    for `limit_s` seconds it raises the one-paragraph ConfigError, whose last sentences (`stops`) say
+    what happens now and why nothing is lost. A spell object serves one retry loop; `over()` ends the
+    spell after an answer, so the next failure starts a new one. `pause` is the wait itself
+    (time.sleep; tests bring the storage back from it)."""
+
+    def __init__(self, url: str, limit_s: float, stops: str, logger, pause: Callable[[float], None] | None = None):
+        self.url, self.limit_s, self.stops, self.log = url, limit_s, stops, logger
+        self.pause = pause or time.sleep
+        self.since: float | None = None
+        self.tries = 0
+
+    def over(self) -> None:
+        self.since, self.tries = None, 0
+
+    def wait(self, error: BaseException, what: str) -> None:
+        from app.errors import ConfigError
+
+        now, cause = time.monotonic(), root_cause(error)
+        if self.since is None:
+            self.since, self.tries = now, 0
+            self.log.warning("The study's storage %s did not answer when %s (%s): trying again for up to %.0f s",
+                             display_url(self.url), what, cause, self.limit_s)
+        if now - self.since >= self.limit_s:
+            raise ConfigError(
+                "hydra.sweeper.storage", display_url(self.url),
+                "a storage that every worker and job reaches for as long as the sweep runs",
+                f"It did not answer for {now - self.since:.0f} s when {what} ({cause}), so {self.stops}") from None
+        self.pause(min(15.0, 0.5 * 2 ** self.tries, max(0.0, self.since + self.limit_s - now)))
+        self.tries += 1
+
+    def retrying(self, operation: Callable[[], T], what: str, give_up: Callable[[], bool] | None = None) -> T:
+        """`operation()`, tried again while the storage does not answer (is_transient), within this
+        spell's limit; other errors, and any once `give_up()` is true, are raised at once."""
+        while True:
+            try:
+                result = operation()
+            except Exception as error:  # noqa: BLE001 - only a storage that stopped answering is tried again
+                if not is_transient(error) or (give_up is not None and give_up()):
+                    raise
+                self.wait(error, what)
+                continue
+            self.over()
+            return result
+
+
+
 
 
 def storage_refusal(url: str, error: BaseException, key: str = "hydra.sweeper.storage"):

@@ -70,6 +70,7 @@ from app.search.pool import InlineRunner, JobExited, ThreadRunner, WorkerDied, W
 from app.search.study import (
     STORAGE_OUTAGE_S,
     TRIAL_ENV,
+    StorageOutage,
     StudyFile,
     absolute_storage,
     default_storage,
@@ -80,7 +81,6 @@ from app.search.study import (
     new_memory_storage,
     open_storage,
     prepare_storage,
-    root_cause,
     storage_refusal,
     trial_state,
 )
@@ -451,7 +451,7 @@ class StudySweeper(OptunaSweeperImpl):
         self._heartbeat = None if memory else self.heartbeat_interval
         study = self._create_study(direction, memory)
         self._check_same_search(study, space, fixed, direction)
-        self._retrying(lambda: self._recover(study), "recovering trials")
+        self._retrying(lambda: self._recover(study), "the worker recovered trials")
         existing = len(study.get_trials(deepcopy=False))
         if existing and not is_grid:
             self._reseed_sampler(existing)
@@ -475,7 +475,7 @@ class StudySweeper(OptunaSweeperImpl):
             self._run_trials(runner, space, fixed, fixed_overrides, gpus, planned)
         finally:
             runner.close()
-        self._retrying(lambda: self._write_results(self._open()), "writing the results")
+        self._retrying(lambda: self._write_results(self._open()), "the worker wrote the results")
 
     def _run_trials(self, runner, space: dict, fixed: dict, fixed_overrides: list[str], gpus: int,
                     planned: int) -> None:
@@ -487,7 +487,7 @@ class StudySweeper(OptunaSweeperImpl):
         devices: dict[int, int | None] = {}  # trial number -> device.index of its job
         failed: list[JobReturn | BaseException] = []
         waiting_for, stopping, starting = None, False, None
-        outage: tuple[float, int] | None = None  # since when, and how often, the storage did not answer
+        outage = self._outage()  # the storage not answering, while this loop looks at the study
         self._sweep_id, self._stopping = uuid.uuid4().hex[:12], False
         packer = getattr(self, "packer", None)  # packs of trials (app/search/packs.py), or None
 
@@ -531,7 +531,7 @@ class StudySweeper(OptunaSweeperImpl):
                                 packer.started(future, members)
                             starting = None
                             self.job_idx = max(self.job_idx or 0, trial.number + 1)
-                        outage = None
+                        outage.over()
                         continue
                     if not running:
                         if stopping:
@@ -540,7 +540,7 @@ class StudySweeper(OptunaSweeperImpl):
                             log.info("Waiting for %d trials of other workers (%d to finish)", busy, to_go)
                             waiting_for = busy
                         time.sleep(self._poll_interval())
-                        outage = None
+                        outage.over()
                         continue
                     done, _ = futures_wait(running, timeout=self._poll_interval(), return_when=FIRST_COMPLETED)
                     told = self._open() if done else None
@@ -562,9 +562,9 @@ class StudySweeper(OptunaSweeperImpl):
                 except Exception as error:  # noqa: BLE001 - a storage that stopped answering: try again
                     if not is_transient(error):
                         raise
-                    outage = self._outage(outage, error, "looking at the study")
+                    outage.wait(error, "the worker looked at the study")
                     continue
-                outage = None
+                outage.over()
         except BaseException as error:
             self._stopping = True
             self._abandon(held(), error)
@@ -652,36 +652,23 @@ class StudySweeper(OptunaSweeperImpl):
         return float(min(10, max(1, (self._heartbeat or 20) / 2)))
 
     def _retrying(self, operation: Callable[[], Any], what: str) -> Any:
-        """`operation()`, tried again while the storage does not answer (bounded: _outage)."""
-        outage = None
-        while True:
-            try:
-                return operation()
-            except Exception as error:  # noqa: BLE001 - only a storage that stopped answering is retried
-                if not is_transient(error) or getattr(self, "_stopping", False):
-                    raise
-                outage = self._outage(outage, error, what)
+        """`operation()`, tried again while the storage does not answer (bounded: _outage); not once
+        the sweep is stopping."""
+        return self._outage().retrying(operation, what, give_up=lambda: getattr(self, "_stopping", False))
 
-    def _outage(self, outage: tuple[float, int] | None, error: BaseException, what: str) -> tuple[float, int]:
-        """The storage did not answer (`outage`: since when and how often so far, None: the first
-        time): wait before the next try (0.5 s, doubling, at most 15 s). After `outage_s` seconds
-        without an answer, the one-paragraph ConfigError: nothing is lost (finished trials are
-        stored; running ones are settled on the way out, or recovered by the next worker)."""
-        now = time.monotonic()
-        since, tries = outage or (now, 0)
-        cause = root_cause(error)
-        if outage is None:
-            log.warning("The study's storage %s did not answer while %s (%s): trying again for up to %.0f s",
-                        display_url(self.url), what, cause, self.outage_s)
-        if now - since >= self.outage_s:
-            raise ConfigError(
-                "hydra.sweeper.storage", display_url(self.url),
-                "a storage that every worker reaches for as long as the sweep runs",
-                f"It did not answer for {now - since:.0f} s ({cause}), so this worker stops. Nothing is lost: "
-                "finished trials are stored; the trials that were running are run again, with the same "
-                "parameters, by the same command once the storage answers again") from None
-        time.sleep(min(15.0, 0.5 * 2 ** tries, max(0.0, since + self.outage_s - now)))
-        return since, tries + 1
+    def _outage(self) -> StorageOutage:
+        """A spell of the storage not answering, waited out for up to `outage_s` seconds; then the
+        one-paragraph ConfigError: nothing is lost (finished trials are stored; running ones are
+        settled on the way out, or recovered by the next worker). `_pause` is the wait between tries."""
+        return StorageOutage(
+            self.url, self.outage_s,
+            "this worker stops. Nothing is lost: finished trials are stored; the trials that were running are "
+            "run again, with the same parameters, by the same command once the storage answers again",
+            log, self._pause)
+
+    @staticmethod
+    def _pause(seconds: float) -> None:
+        time.sleep(seconds)  # between tries of a storage that did not answer, bounded by outage_s
 
     def _make_storage(self, memory: bool = False):
         if memory:
@@ -949,7 +936,7 @@ class StudySweeper(OptunaSweeperImpl):
         params = trial.params
         if outcome.interrupted and params:
             self._retrying(lambda: study.enqueue_trial(params, user_attrs={"retry_of": trial.number}),
-                           f"queueing the retry of trial {trial.number}")
+                           f"the worker queued the retry of trial {trial.number}")
             log.info("Trial %d (interrupted) queued again with the same parameters", trial.number)
         return True
 

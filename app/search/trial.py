@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from app.search.internals import trial_id
 from app.search.internals import storage as storage_of
-from app.search.study import (STORAGE_OUTAGE_S, TRIAL_ENV, StudyFile, display_url, is_transient, load_study,
+from app.search.study import (STORAGE_OUTAGE_S, TRIAL_ENV, StorageOutage, StudyFile, is_transient, load_study,
                               open_storage, root_cause, trial_state)
 
 log = logging.getLogger(__name__)
@@ -273,32 +273,13 @@ def _pause(seconds: float) -> None:
 
 
 def wait_out(operation: Callable[[], T], url: str, what: str, outage_s: float | None = None) -> T:
-    """`operation()`, tried again while the storage at `url` does not answer (is_transient): 0.5 s,
-    doubling, at most 15 s apart, for up to `outage_s` (default STORAGE_OUTAGE_S) seconds; then the
-    one-paragraph ConfigError (`what`: what the job was doing, for the messages)."""
-    from app.errors import ConfigError
-
+    """`operation()`, tried again while the storage at `url` does not answer (StorageOutage), for up to
+    `outage_s` (default STORAGE_OUTAGE_S) seconds; then the one-paragraph ConfigError (`what`: what
+    the job was doing, for the messages)."""
     limit = STORAGE_OUTAGE_S if outage_s is None else outage_s
-    since, tries = time.monotonic(), 0
-    while True:
-        try:
-            return operation()
-        except Exception as error:  # noqa: BLE001 - only a storage that stopped answering is tried again
-            if not is_transient(error):
-                raise
-            now, cause = time.monotonic(), root_cause(error)
-            if not tries:
-                log.warning("The study's storage %s did not answer when %s (%s): trying again for up to %.0f s",
-                            display_url(url), what, cause, limit)
-            if now - since >= limit:
-                raise ConfigError(
-                    "hydra.sweeper.storage", display_url(url),
-                    "a storage that every worker and job reaches for as long as the sweep runs",
-                    f"It did not answer for {now - since:.0f} s when {what} ({cause}), so this run stops "
-                    "before training. Nothing is lost: the sweep runs the trial again, with the same "
-                    "parameters, once the storage answers") from None
-            _pause(min(15.0, 0.5 * 2 ** tries, max(0.0, since + limit - now)))
-            tries += 1
+    stops = ("this run stops before training. Nothing is lost: the sweep runs the trial again, with the same "
+             "parameters, once the storage answers")
+    return StorageOutage(url, limit, stops, log, _pause).retrying(operation, what)
 
 
 def share_cpu_threads(parallel_jobs: int) -> None:
