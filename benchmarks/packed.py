@@ -113,7 +113,8 @@ def sweep(pack: str, trials: int, epochs: int, n_samples: int, device: str, thre
     with tempfile.TemporaryDirectory() as root:
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "app", *args], cwd=root, capture_output=True, text=True,
-                              env={**os.environ, "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "WANDB_SILENT": "true",
+                                   "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
             raise SystemExit(f"the pack={pack} sweep failed:\n{proc.stderr[-3000:]}")

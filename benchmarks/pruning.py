@@ -35,7 +35,8 @@ def sweep(pruner: str, trials: int, extra: list[str], workdir: Path, threads: in
     command = [sys.executable, "-m", "app", "--multirun", "hparams_search=regression_optuna",
                f"hydra/sweeper/pruner={pruner}", f"hydra.sweeper.n_trials={trials}", "logger=none",
                "trainer.progress_bar=false", "trainer.log_every=0", *extra]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true", "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "WANDB_SILENT": "true", "OMP_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
