@@ -45,3 +45,21 @@ def test_a_single_objective_sweep_keeps_the_columns_it_had(tmp_path):
     write_summary(tmp_path)
     header, written = _read(tmp_path)
     assert header == COLUMNS and written[0]["objective"] == "0.25"
+
+
+def test_each_rewrite_reads_only_the_jobs_whose_files_changed(tmp_path, monkeypatch):
+    import app.search.summary as summary_module
+
+    _job(tmp_path, 0, Summary(Status.COMPLETED, objective=0.25, epochs_run=3))
+    _job(tmp_path, 1, None)  # running
+    write_summary(tmp_path)
+    read = []
+    row_of = summary_module._row
+    monkeypatch.setattr(summary_module, "_row", lambda job: read.append(job.name) or row_of(job))
+    Summary(Status.PRUNED, objective=0.5, epochs_run=1).write(tmp_path / "1")  # job 1 ends
+    _job(tmp_path, 2, None)  # and job 2 starts
+    rows = write_summary(tmp_path)
+    assert sorted(read) == ["1", "2"]  # job 0's files did not change: its row is not read again
+    assert [(r["job"], r["status"], r["objective"]) for r in rows] == [
+        ("0", "completed", 0.25), ("1", "pruned", 0.5), ("2", "running", None)]
+    assert [r["status"] for r in _read(tmp_path)[1]] == ["completed", "pruned", "running"]

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from app.run.record import SUMMARY_FILE as SUMMARY_JSON
 from app.run.record import Summary
 
 log = logging.getLogger(__name__)
@@ -29,26 +30,52 @@ def _job_number(path: Path) -> tuple[int, str]:
     return (int(path.name), "") if path.name.isdigit() else (math.inf, path.name)  # type: ignore[return-value]
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when `path` is written (the app replaces its records whole): None when absent."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+# job dir -> (its files' stamps, its row). A sweep rewrites the summary after each job: without
+# this every rewrite read every job's files again, so a sweep of N trials read N^2 / 2 of them.
+_ROWS: dict[str, tuple[tuple, dict[str, Any]]] = {}
+
+
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per job directory under `sweep_dir` (each has `.hydra/overrides.yaml`)."""
+    """One row per job directory under `sweep_dir` (each has `.hydra/overrides.yaml`); a job's
+    files are read again only when they changed since this process last read them."""
     rows = []
     jobs = sorted((p.parent.parent for p in Path(sweep_dir).glob("*/.hydra/overrides.yaml")), key=_job_number)
     for job in jobs:
-        overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
-        summary = Summary.read(job)
-        rows.append({
-            "job": job.name,
-            "overrides": " ".join(str(o) for o in overrides),
-            "status": summary.status.value if summary is not None else "running",
-            "objective": summary.objective if summary is not None else None,
-            "best_epoch": summary.best_epoch if summary is not None else None,
-            "epochs_run": summary.epochs_run if summary is not None else None,
-            "wall_time_s": summary.wall_time_s if summary is not None else None,
-            "run_dir": str(job),
-        })
-        for name, value in ((summary.objectives or {}) if summary is not None else {}).items():
-            rows[-1][OBJECTIVE_PREFIX + name] = value
+        stamps = (_stamp(job / ".hydra" / "overrides.yaml"), _stamp(job / SUMMARY_JSON))
+        known = _ROWS.get(str(job))
+        if known is not None and known[0] == stamps:
+            rows.append(dict(known[1]))
+            continue
+        rows.append(_row(job))
+        _ROWS[str(job)] = (stamps, dict(rows[-1]))
     return rows
+
+
+def _row(job: Path) -> dict[str, Any]:
+    overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+    summary = Summary.read(job)
+    row = {
+        "job": job.name,
+        "overrides": " ".join(str(o) for o in overrides),
+        "status": summary.status.value if summary is not None else "running",
+        "objective": summary.objective if summary is not None else None,
+        "best_epoch": summary.best_epoch if summary is not None else None,
+        "epochs_run": summary.epochs_run if summary is not None else None,
+        "wall_time_s": summary.wall_time_s if summary is not None else None,
+        "run_dir": str(job),
+    }
+    for name, value in ((summary.objectives or {}) if summary is not None else {}).items():
+        row[OBJECTIVE_PREFIX + name] = value
+    return row
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:
