@@ -176,6 +176,7 @@ class _Waiting:
     overrides: list[str]
     key: str
     run_dir: str
+    name: str  # the run's name: hydra.job.override_dirname, or the task name
 
 
 @dataclass
@@ -239,7 +240,8 @@ class Packer:
                 cfg.hydra.sweep.dir = str(sweeper.sweep_dir)
             run_dir = os.path.abspath(str(Path(str(sweeper.sweep_dir)) / str(cfg.hydra.sweep.subdir)))
             _write_hydra_files(cfg, run_dir)
-            self.waiting.append(_Waiting(trial, overrides, shape_key(cfg), run_dir))
+            name = str(cfg.hydra.job.override_dirname or cfg.get("task_name") or "")
+            self.waiting.append(_Waiting(trial, overrides, shape_key(cfg), run_dir, name))
 
     def _take(self) -> list[_Waiting]:
         """The largest group of waiting trials (ties: the one asked first), at most K of them."""
@@ -260,7 +262,7 @@ class Packer:
         path = (pack_dir / f"{members[0].trial.number}.json").resolve()
         path.write_text(json.dumps({"members": [
             {"trial_id": trial_id(w.trial), "number": w.trial.number, "run_dir": w.run_dir,
-             "overrides": w.overrides} for w in members]}, indent=1))
+             "overrides": w.overrides, "name": w.name} for w in members]}, indent=1))
         self.launching[members[0].trial.number] = members
         return [*members[0].overrides, f"++hydra.job.env_set.{PACK_ENV}={path}"]
 
@@ -369,11 +371,16 @@ def run_pack_job(cfg: DictConfig, run_dir: Path, trial: Any) -> Any:
         resolve_mode(member_cfg)
         member_trial = member_trials[i]
         member_trial.set_user_attr("run_dir", str(member_dir))
-        member_hydra = OmegaConf.load(member_dir / ".hydra" / "hydra.yaml").hydra if i else hydra_cfg
+        if i == 0:
+            name = hydra_cfg.job.override_dirname
+        elif "name" in member:  # (the sweeper names each member; parsing its hydra.yaml takes ~35 ms)
+            name = member["name"]
+        else:
+            name = OmegaConf.load(member_dir / ".hydra" / "hydra.yaml").hydra.job.override_dirname
         cfgs.append(member_cfg)
         dirs.append(member_dir)
         trials.append(member_trial)
-        names.append(member_hydra.job.override_dirname or member_cfg.task_name)
+        names.append(name or member_cfg.task_name)
         overrides.append(list(member["overrides"]))
     heartbeat = None
     if info.heartbeat_interval:
