@@ -76,3 +76,50 @@ def test_a_value_the_config_refuses_is_refused_as_hydra_refuses_it(hydra_compose
     with pytest.raises(Exception) as theirs:
         hydra_compose(["trainer.epochs=many"])
     assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)
+
+
+def test_a_sweeps_jobs_composed_once_per_structure_get_the_configs_hydra_composes(tmp_path, hydra_compose):
+    """The basic launcher's jobs of a search are composed through TrialConfigs (ComposedOnceLoader):
+    each job's saved config is the one Hydra composes for its overrides, its own values included."""
+    from tests.conftest import FAST, app_in, ok, run_dirs
+
+    ok(app_in(tmp_path, "--multirun", "hparams_search=regression_optuna", "hydra.sweeper.n_trials=4", "pack=false",
+              *FAST))
+    jobs = [d for d in run_dirs(tmp_path) if d.name.isdigit()]
+    assert len(jobs) == 4
+    values = set()
+    for job in jobs:
+        overrides = list(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        saved = OmegaConf.load(job / ".hydra" / "config.yaml")
+        composed = {k: v for k, v in _plain(hydra_compose(overrides)).items() if k != "hydra"}
+        assert _plain(saved) == composed, overrides
+        hydra = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra
+        assert list(hydra.overrides.task) == overrides and hydra.job.num == int(job.name)
+        values.add((saved.optimizer.lr, saved.model.nodes, saved.model.layers))
+    assert len(values) == 4  # four trials, each with its own sampled values
+
+
+def test_the_launchers_loader_composes_in_full_once_per_structure_and_leaves_the_rest_to_hydras(hydra_compose):
+    from app.search.configs import ComposedOnceLoader
+
+    class Loader:  # Hydra's loader, counting its compositions
+        calls: list = []
+
+        def load_sweep_config(self, master, overrides):
+            self.calls.append((master, list(overrides)))
+            return hydra_compose(overrides)
+
+        def some_other_method(self):
+            return "hydra's"
+
+    loader, master, other = Loader(), OmegaConf.create({"a": 1}), OmegaConf.create({"a": 2})
+    composed_once = ComposedOnceLoader(
+        loader, master, TrialConfigs(lambda o: loader.load_sweep_config(master, o), groups=["optimizer", "model"]))
+    trials = _search(random.Random(1), 5)
+    for overrides in trials:
+        cfg = composed_once.load_sweep_config(master, overrides)
+        assert _plain(cfg) == _plain(hydra_compose(overrides))
+    assert len(loader.calls) == 1  # the first trial's; the others differ in values only
+    composed_once.load_sweep_config(other, trials[0])  # another master config: Hydra's own composition
+    assert loader.calls[-1][0] is other and len(loader.calls) == 2
+    assert composed_once.some_other_method() == "hydra's"

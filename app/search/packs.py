@@ -226,11 +226,7 @@ class Packer:
     def _queue(self, trials: list, space: dict, fixed: dict, fixed_overrides: list[str]) -> None:
         sweeper = self.sweeper
         if self.configs is None:
-            from app.search.configs import TrialConfigs
-
-            loader = sweeper.hydra_context.config_loader
-            self.configs = TrialConfigs(lambda o: loader.load_sweep_config(sweeper.config, o),
-                                        groups=list(sweeper.config.hydra.runtime.choices.keys()))
+            self.configs = sweeper.trial_configs()
         for trial, overrides in zip(trials, sweeper._configure_trials(trials, space, fixed, fixed_overrides)):
             overrides = [str(o) for o in overrides]
             cfg = self.configs(overrides)

@@ -9,7 +9,8 @@ next trial the moment any running one ends (no batch barrier).
   its place, and the other workers' jobs go on.
 - `ThreadRunner` (any other launcher, e.g. hydra-submitit-launcher): `launcher.launch([job])`
   from a thread per job.
-- `InlineRunner` (the basic launcher): the job runs in the sweep process, now.
+- `InlineRunner` (the basic launcher): the job runs in the sweep process, now (its config composed
+  once per structure: `StudySweeper._runner` gives the launcher a `ComposedOnceLoader`).
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ plugin's search-space parsing, trial configuration and launcher, and changes the
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import logging
@@ -584,6 +585,13 @@ class StudySweeper(OptunaSweeperImpl):
         """Where jobs run: the sweep's own worker processes for the joblib launcher, a thread per
         job for any other launcher, this process for the basic launcher (pool.py)."""
         if parallel < 2:
+            if type(self.launcher).__name__ == "BasicLauncher":  # composes each job here: once per structure
+                from app.search.configs import ComposedOnceLoader
+
+                context = getattr(self.launcher, "hydra_context", None)
+                if context is not None and not isinstance(context.config_loader, ComposedOnceLoader):
+                    self.launcher.hydra_context = dataclasses.replace(context, config_loader=ComposedOnceLoader(
+                        context.config_loader, self.launcher.config, self.trial_configs()))
             return InlineRunner(self.launcher)
         if isinstance(self.launcher, _joblib_launcher_class()):
             limit = self.launcher.joblib.get("n_jobs")
@@ -591,6 +599,19 @@ class StudySweeper(OptunaSweeperImpl):
             log.info("Running up to %d trials at once in worker processes of this sweep", slots)
             return WorkerPool(self.launcher, slots)
         return ThreadRunner(self.launcher, parallel)
+
+    def trial_configs(self) -> Any:
+        """The sweep's jobs' configs as its launcher composes them (`load_sweep_config`), each
+        structure composed once (app/search/configs.py); one for the sweep, shared by the packs
+        and the basic launcher's jobs."""
+        if getattr(self, "_trial_configs", None) is None:
+            from app.search.configs import TrialConfigs
+
+            loader = self.hydra_context.config_loader
+            loader = getattr(loader, "_loader", loader)  # (a ComposedOnceLoader: the one it wraps)
+            self._trial_configs = TrialConfigs(lambda o: loader.load_sweep_config(self.config, o),
+                                               groups=list(self.config.hydra.runtime.choices.keys()))
+        return self._trial_configs
 
     def _tell_job(self, study, trial, future: Future) -> tuple[Outcome | None, JobReturn | BaseException | None]:
         """Tell the outcome of a job that ended: its JobReturn, or the death of the worker process
