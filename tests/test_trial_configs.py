@@ -87,6 +87,7 @@ def test_a_sweeps_jobs_composed_once_per_structure_get_the_configs_hydra_compose
               *FAST))
     jobs = [d for d in run_dirs(tmp_path) if d.name.isdigit()]
     assert len(jobs) == 4
+    assert len({job.parent for job in jobs}) == 1  # one sweep dir: ${now:...} resolved as the sweep's
     values = set()
     for job in jobs:
         overrides = list(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
